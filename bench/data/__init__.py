@@ -1,0 +1,1 @@
+"""Dataset items, preprocessing and dataset loaders (manifests live in the top-level `datasets/`)."""

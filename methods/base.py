@@ -1,0 +1,134 @@
+"""The Method contract.
+
+A method is a dataclass whose fields are its hyperparameters. It does no file I/O: the runner
+owns caching, saving and cost accounting. A method has two stages:
+
+- ``invert(pipe, image, source_prompt, generator) -> Inversion``: everything that depends only on
+  the source image, the source prompt and the *inversion* hyperparameters. The runner caches it
+  (safetensors) and reuses it for every edit point and target prompt that shares it.
+- ``edit(pipe, inversion, item, generator) -> image``: produce the edited image for one
+  ``EditItem`` (its target prompt, blend words, ...), in [-1, 1], shape (3, H, W).
+
+``inversion_fields`` names the hyperparameters that change the inversion; everything else is an
+edit hyperparameter. The cache key of an inversion uses only those, so a grid over edit
+hyperparameters costs one inversion per image.
+
+UNet evaluations are counted by the pipeline (``EditPipeline.counter``), not by the method, so a
+method cannot under-report its cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+if TYPE_CHECKING:  # imported for type hints only
+    from bench.data.item import EditItem
+    from bench.models import EditPipeline
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter value outside its documented range."""
+
+
+@dataclass
+class Inversion:
+    """The cached result of ``Method.invert``: tensors plus JSON-serialisable metadata.
+
+    Saved with safetensors (tensors) and the metadata as a JSON string in the safetensors header.
+    Tensors are kept on CPU when stored; ``to(device)`` moves them back for editing.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Inversion":
+        moved = {}
+        for name, tensor in self.tensors.items():
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            moved[name] = tensor.to(device)
+        return Inversion(moved, dict(self.meta))
+
+    def save(self, path: str) -> None:
+        """Write atomically: a crash leaves either the old file or no file, never half of one."""
+        from safetensors.torch import save_file
+
+        from bench.io import atomic_path
+
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata={"meta": json.dumps(self.meta, sort_keys=True)})
+
+    @classmethod
+    def load(cls, path: str) -> "Inversion":
+        from safetensors import safe_open
+
+        tensors = {}
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+            for name in f.keys():
+                tensors[name] = f.get_tensor(name)
+        return cls(tensors, meta)
+
+
+def check_range(owner: object, name: str, low: float, high: float, *, low_open: bool = False) -> None:
+    """Raise HyperparameterError naming ``<Class>.<name>`` when the value is outside [low, high]."""
+    value = getattr(owner, name)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise HyperparameterError(f"{type(owner).__name__}.{name}={value!r}: expected a number in "
+                                  f"{'(' if low_open else '['}{low}, {high}]")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bracket = "(" if low_open else "["
+        raise HyperparameterError(
+            f"{type(owner).__name__}.{name}={value!r} is out of range: expected a value in {bracket}{low}, {high}]"
+        )
+
+
+@dataclass
+class Method:
+    """Base class. Subclasses are dataclasses whose fields are the hyperparameters.
+
+    Class attributes a subclass sets:
+      name:             the registry name (= the config file name in ``conf/method/``).
+      version:          bump when outputs change for the same hyperparameters (part of every cache key).
+      inversion_fields: hyperparameters that change ``invert``'s output.
+      stochastic:       True when the output depends on the seed (report mean ± std over seeds).
+    """
+
+    name: ClassVar[str] = "base"
+    version: ClassVar[str] = "0"
+    inversion_fields: ClassVar[tuple[str, ...]] = ()
+    stochastic: ClassVar[bool] = False
+
+    def hparams(self) -> dict[str, Any]:
+        """All hyperparameters as a plain dict (JSON-serialisable)."""
+        return _plain(dataclasses.asdict(self))
+
+    def inversion_hparams(self) -> dict[str, Any]:
+        every = self.hparams()
+        return {k: every[k] for k in self.inversion_fields}
+
+    def invert(
+        self, pipe: "EditPipeline", image: torch.Tensor, source_prompt: str, generator: torch.Generator
+    ) -> Inversion:
+        raise NotImplementedError
+
+    def edit(
+        self, pipe: "EditPipeline", inversion: Inversion, item: "EditItem", generator: torch.Generator
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

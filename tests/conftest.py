@@ -1,0 +1,60 @@
+"""Shared fixtures. The whole suite runs offline: HF_HUB_OFFLINE is set before anything imports the hub
+client, and `test_offline.py` proves no hub call can succeed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+SCHEDULER_OFFSET1 = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+SCHEDULER_OFFSET0 = dict(SCHEDULER_OFFSET1, steps_offset=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny random pipeline, built once per session and saved in diffusers format."""
+    from bench.tiny_random import build_tiny_random
+
+    return build_tiny_random(tmp_path_factory.mktemp("models") / "tiny_random")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cfg(tiny_model_dir) -> dict:
+    return {"name": "tiny_random", "path": str(tiny_model_dir), "local_files_only": True,
+            "image_encoder": {"path": None, "subfolder": "image_encoder"}}
+
+
+@pytest.fixture
+def tiny_pipe(tiny_model_cfg):
+    """A fresh EditPipeline (DDIM, steps_offset 1) loaded with from_pretrained; counters start at 0."""
+    from bench.models import load_pipeline
+
+    torch.manual_seed(0)
+    return load_pipeline(tiny_model_cfg, SCHEDULER_OFFSET1)
+
+
+@pytest.fixture
+def source_image() -> torch.Tensor:
+    """A smooth deterministic 64×64 test image in [-1, 1], shape (1, 3, 64, 64)."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    disk = ((x - 0.2) ** 2 + (y + 0.1) ** 2 < 0.25).float()
+    image = torch.stack([0.8 * disk - 0.4 * (1 - disk), 0.5 * x, -0.6 * disk + 0.3 * y])
+    return image.clamp(-1, 1).unsqueeze(0)
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(0)
