@@ -71,3 +71,7 @@ def iter_edit_records(results_dir: str | Path) -> Iterator[dict[str, Any]]:
 
 def iter_metric_records(results_dir: str | Path) -> Iterator[dict[str, Any]]:
     yield from iter_json(Path(results_dir) / "metrics")
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -11,6 +11,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# built models and downloads of this test session live in a throwaway cache (subprocesses inherit it)
+import tempfile  # noqa: E402
+
+os.environ.setdefault("EDITBENCH_CACHE", tempfile.mkdtemp(prefix="editbench-test-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -58,3 +62,15 @@ def source_image() -> torch.Tensor:
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator("cpu").manual_seed(0)
+
+
+def compose_config(overrides: list[str], results_dir: Path):
+    """The real config tree composed with overrides (as `bench` would), results in ``results_dir``."""
+    from hydra import compose, initialize_config_dir
+
+    from bench.config import CONF_DIR
+
+    os.environ.setdefault("EDITBENCH_ROOT", str(REPO_ROOT))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"paths.results_dir={results_dir}", "runtime.progress=false",
+                                            *overrides], return_hydra_config=True)

@@ -1,0 +1,40 @@
+# editbench — every target creates/updates .venv first, so each works on a fresh machine.
+#   make run        the main job (offline)
+#   make test       the test suite (offline)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BENCH := $(VENV)/bin/bench
+PYTHON ?= python3
+# reinstall when pyproject.toml changes
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: help setup run test test-slow tables lint clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP) ## create .venv and install editbench with test extras
+
+run: setup ## the main job (ARGS="..." adds Hydra overrides)
+	$(BENCH) $(ARGS)
+
+test: setup ## the test suite, offline (PYTEST_ARGS="..." for more)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: setup ## slow tests too
+	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+
+tables: setup ## aggregate a results dir: make tables RESULTS=results/default
+	$(BENCH) tables $(or $(RESULTS),results/default)
+
+clean: ## remove outputs and caches (keeps .venv)
+	rm -rf results/*/ .cache/editbench .pytest_cache

@@ -1,0 +1,78 @@
+"""The ``bench`` command.
+
+``bench [hydra overrides]`` runs one job (``-m`` for a sweep), e.g.::
+
+    bench model=tiny_random method=sdedit dataset=ef_examples method.strength=0.5
+    bench -m method.strength=0.5,0.8
+
+``bench <command> ...`` runs a subcommand. Every module in ``bench/commands/`` that defines
+``register(subparsers)`` is one (its file name is the command name): ``bench ls``, ``bench tables``,
+``bench data``, ``bench weights``, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("bench")
+
+
+def command_names() -> list[str]:
+    import bench.commands
+
+    return sorted(m.name for m in pkgutil.iter_modules(bench.commands.__path__) if not m.name.startswith("_"))
+
+
+def run_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description="editbench subcommands")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    module = importlib.import_module(f"bench.commands.{argv[0]}")
+    module.register(subparsers)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+def hydra_main() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    from bench.config import CONF_DIR
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+    def _run(cfg: DictConfig) -> None:
+        from bench.errors import friendly_errors
+        from bench.runner import run_from_config
+
+        with friendly_errors():
+            run_from_config(cfg)
+
+    _run()
+
+
+def print_usage() -> None:
+    print(__doc__.strip())
+    print("\ncommands: " + ", ".join(command_names()))
+    print("config groups: model, method, dataset, metrics, experiment, logger, launcher (bench ls <group>)")
+    print("hydra help: bench --hydra-help; resolved config: bench --cfg job [overrides]")
+
+
+def main() -> None:
+    os.environ.setdefault("EDITBENCH_ROOT", str(REPO_ROOT))
+    argv = sys.argv[1:]
+    if argv and argv[0] in ("-h", "--help"):
+        print_usage()
+        return
+    if argv and argv[0] in command_names():
+        sys.exit(run_command(argv))
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
