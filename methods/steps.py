@@ -122,3 +122,72 @@ def gaussian_like(latents: torch.Tensor, generator: torch.Generator) -> torch.Te
     from diffusers.utils.torch_utils import randn_tensor
 
     return randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# DDPM noise space (edit-friendly DDPM, naive DDPM): forward noising, z extraction, reverse step
+
+
+def ef_step(scheduler, x_t: torch.Tensor, eps: torch.Tensor, t: int, eta: float, z: torch.Tensor) -> torch.Tensor:
+    """EF reverse step x_{t−Δ} = μ_t(x_t; ε̂) + η σ_t z  (EF `reverse_step`, `inversion_utils.py` L181-210)."""
+    return ef_mean(scheduler, x_t, eps, t, eta) + _as(ef_noise_std(scheduler, t, eta), x_t) * z
+
+
+def ef_extract_noise(scheduler, x_prev: torch.Tensor, x_t: torch.Tensor, eps: torch.Tensor, t: int,
+                     eta: float) -> torch.Tensor:
+    """z_t = (x_{t−Δ} − μ_t(x_t; ε̂)) / (η σ_t): the noise that makes ``ef_step`` land exactly on x_{t−Δ}
+    (EF `inversion_forward_process`, `inversion_utils.py` L157-168)."""
+    return (x_prev - ef_mean(scheduler, x_t, eps, t, eta)) / _as(ef_noise_std(scheduler, t, eta), x_t)
+
+
+def q_sample(scheduler, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε  (marginal q(x_t|x_0); EF `sample_xts_from_x0`)."""
+    a_t = _as(alpha_bar(scheduler, t), x0)
+    return a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
+
+
+def q_transition(scheduler, x_prev: torch.Tensor, t_prev: int | None, t: int, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = √(ᾱ_t/ᾱ_{t'}) x_{t'} + √(1 − ᾱ_t/ᾱ_{t'}) ε: one step of the strided forward Markov chain
+    from t' = ``t_prev`` to t (``t_prev=None`` means x_0, ᾱ := 1). Methods spec §2.2."""
+    a_t = _as(alpha_bar(scheduler, t), x_prev)
+    a_prev = torch.ones_like(a_t) if t_prev is None else _as(alpha_bar(scheduler, t_prev), x_prev)
+    ratio = a_t / a_prev
+    return ratio.sqrt() * x_prev + (1 - ratio).sqrt() * noise
+
+
+# ----------------------------------------------------------------------------------------------
+# loops shared by the DDIM-based methods
+
+
+def ddim_inversion_loop(pipe, x0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, scale,
+                        on_step=None) -> list[torch.Tensor]:
+    """DDIM inversion over ``pipe.scheduler.timesteps`` ascending: [x_0, x_{t_1}, …, x_{t_N}].
+
+    Each step evaluates ε̂ = CFG(ε_θ(x_{t−Δ}, t, ·), w=scale) at the *higher* label t (P2P/NTI
+    `ddim_loop`; EF `ddim_inversion.py` L27-39 with w = cfg_src). ``on_step(latents) -> latents`` is
+    called after every step (e.g. ``AttentionStore.step_callback``).
+    """
+    scheduler = pipe.scheduler
+    latents = [x0]
+    for t in scheduler.timesteps.flip(0):
+        eps = guided_noise(pipe, latents[-1], t, cond, uncond, scale)
+        x_t = ddim_inversion_step(scheduler, eps, int(t), latents[-1])
+        latents.append(on_step(x_t) if on_step is not None else x_t)
+    return latents
+
+
+def ddim_sampling_loop(pipe, x_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, scale,
+                       on_step=None) -> torch.Tensor:
+    """Deterministic DDIM (η=0) from x_T over ``pipe.scheduler.timesteps``; all branches in one UNet batch.
+
+    ``x_T`` (B,…), ``cond``/``uncond`` (B,77,D), ``scale`` a float or per-branch tensor (B,).
+    ``on_step(latents) -> latents`` runs after each step (P2P's ``step_callback``: LocalBlend).
+    """
+    scheduler = pipe.scheduler
+    latents = x_T
+    for t in scheduler.timesteps:
+        eps = guided_noise(pipe, latents, t, cond, uncond, scale)
+        latents = ddim_step(scheduler, eps, int(t), latents)
+        if on_step is not None:
+            latents = on_step(latents)
+    return latents
