@@ -255,6 +255,7 @@ def test_pie_bench_loads_with_masks(tmp_path, no_network):
     assert first.blend_words == ("cat", "dog") and second.blend_words is None
     assert (first.edit_category, second.edit_category) == (EDITING_TYPES[1], "change_style")
     assert first.extra["editing_type_id"] == 1 and first.extra["editing_prompt_marked"].count("[") == 1
+    assert first.extra["mask_rle_key"] != second.extra["mask_rle_key"]  # a changed annotation changes the item
     for item in items:
         png = np.asarray(Image.open(item.mask_path))
         assert Path(item.mask_path).parent == tmp_path / "masks" and set(np.unique(png)) <= {0, 255}

@@ -156,7 +156,7 @@ class PIEBench(Dataset):
                 edit_category=EDITING_TYPES[type_id], mask_path=self._mask_png(str(key), rle, where),
                 extra={"editing_type_id": type_id, "editing_instruction": str(entry.get("editing_instruction", "")),
                        "editing_prompt_marked": str(entry["editing_prompt"]), "blended_word": raw_blend,
-                       "mask_recipe": self.recipe},
+                       "mask_recipe": self.recipe, "mask_rle_key": content_key(rle)},
             ))
         if not items:
             raise ItemError(f"{mapping_path}: no items (editing_types filter {sorted(self.editing_types or [])})")
