@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.data.download import DownloadError, ShaLock, UnverifiedDownloadWarning, extract_members, fetch, http_download
+from bench.data.download import DownloadError, NetworkError, ShaLock, UnverifiedDownloadWarning, extract_members, fetch, http_download
 from bench.data.manifest import LOCK_NAME, ManifestDataset, load_manifest
 
 
@@ -268,20 +268,24 @@ def test_present_files_are_verified_not_redownloaded(serve, tmp_path):
     assert len(server.log) == 1
 
 
-def test_offline_error_names_url_and_drop_location(tmp_path):
+def test_offline_error_names_every_url_and_drop_location(tmp_path):
     with socket.socket() as sock:  # a port that nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/cats/cat_1.png"
+    urls = [f"http://127.0.0.1:{port}/cats/cat_{k}.png" for k in (1, 2)]
     manifest = load_manifest(write_manifest(tmp_path / "m.yaml", {
-        "name": "off", "version": "1", "images": [entry("cat_1", "cats/cat_1.png", url=url, sha256="a" * 64)]}))
+        "name": "off", "version": "1",
+        "images": [entry(f"cat_{k}", f"cats/cat_{k}.png", url=url, sha256=str(k) * 64)
+                   for k, url in zip((1, 2), urls)]}))
     cache = tmp_path / "cache"
-    with pytest.raises(DownloadError) as err:
+    with pytest.raises(NetworkError) as err:
         fetch(manifest, cache, retries=1, backoff=0, timeout=5)
     message = str(err.value)
-    assert url in message
-    assert str(cache / "off" / "cats" / "cat_1.png") in message
-    assert "a" * 64 in message and "bench data fetch off" in message
+    for k, url in zip((1, 2), urls):
+        assert url in message
+        assert str(cache / "off" / "cats" / f"cat_{k}.png") in message and str(k) * 64 in message
+    assert "bench data fetch off" in message
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
 
 
 def test_http_404_is_not_retried(serve, tmp_path):

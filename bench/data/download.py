@@ -45,6 +45,11 @@ class DownloadError(RuntimeError):
     """A file that could not be fetched or verified; the message says what to do about it."""
 
 
+class NetworkError(DownloadError):
+    """The server could not be reached (offline, DNS, refused, repeated cuts); the message says where
+    to put the file by hand."""
+
+
 class UnverifiedDownloadWarning(UserWarning):
     """A file whose sha256 is not in the manifest was trusted on first use (hash recorded in the lock)."""
 
@@ -167,7 +172,7 @@ def http_download(url: str, dest: str | os.PathLike, expected_sha256: str | None
             break
     if not complete:
         kept = f" The partial file {part} is kept; re-running resumes it." if part.exists() else ""
-        raise DownloadError(f"cannot download {url} after {retries + 1} attempt(s): {last_error}.{kept} "
+        raise NetworkError(f"cannot download {url} after {retries + 1} attempt(s): {last_error}.{kept} "
                             + _offline_hint(url, dest, expected_sha256, dataset))
     actual = file_sha256(part)
     if expected_sha256 and actual != expected_sha256:
@@ -245,6 +250,23 @@ def fetch(manifest: Manifest, data_dir: str | os.PathLike, *, retries: int = 3, 
     report = FetchReport(manifest.name)
     lock = ShaLock(lock_file(manifest, data_dir))
     by_archive: dict[str, list[ImageEntry]] = {}
+    unreachable: list[tuple[str, Path, str | None]] = []  # after a network failure: (url, drop here, sha256)
+
+    def download(url: str, dest: Path, expected: str | None) -> bool:
+        """Download unless the network already failed in this fetch; False when skipped or failed."""
+        if unreachable:
+            unreachable.append((url, dest, expected))
+            return False
+        log(f"downloading {url}")
+        try:
+            http_download(url, dest, expected, dataset=manifest.name, retries=retries, timeout=timeout,
+                          backoff=backoff, progress=progress)
+        except NetworkError as err:
+            unreachable.append((url, dest, expected))
+            log(str(err))
+            return False
+        return True
+
     for entry in manifest.images:
         dest = cache_path(manifest, data_dir, entry)
         what = f"{manifest.name} image {entry.id!r} ({dest})"
@@ -252,11 +274,9 @@ def fetch(manifest: Manifest, data_dir: str | os.PathLike, *, retries: int = 3, 
             _check_or_trust(dest, entry.sha256, lock, entry.file, what, report, delete_on_mismatch=False)
             report.present.append(entry.file)
         elif entry.url:
-            log(f"downloading {entry.url}")
-            http_download(entry.url, dest, entry.sha256 or lock.get(entry.file), dataset=manifest.name,
-                          retries=retries, timeout=timeout, backoff=backoff, progress=progress)
-            _check_or_trust(dest, entry.sha256, lock, entry.file, what, report, delete_on_mismatch=True)
-            report.downloaded.append(entry.file)
+            if download(entry.url, dest, entry.sha256 or lock.get(entry.file)):
+                _check_or_trust(dest, entry.sha256, lock, entry.file, what, report, delete_on_mismatch=True)
+                report.downloaded.append(entry.file)
         elif entry.archive:
             by_archive.setdefault(entry.archive, []).append(entry)
         else:
@@ -266,11 +286,9 @@ def fetch(manifest: Manifest, data_dir: str | os.PathLike, *, retries: int = 3, 
         archive_path = data_dir / ARCHIVES_DIR / archive.filename
         archive_lock = ShaLock(data_dir / ARCHIVES_DIR / LOCK_NAME)
         what = f"archive {key!r} ({archive_path})"
-        if not archive_path.is_file():
-            log(f"downloading {archive.url} (needed for {len(entries)} member(s))")
-            http_download(archive.url, archive_path, archive.sha256 or archive_lock.get(archive.filename),
-                          dataset=manifest.name, retries=retries, timeout=timeout, backoff=backoff,
-                          progress=progress)
+        if not archive_path.is_file() and not download(
+                archive.url, archive_path, archive.sha256 or archive_lock.get(archive.filename)):
+            continue
         _check_or_trust(archive_path, archive.sha256, archive_lock, archive.filename, what, report,
                         delete_on_mismatch=False)
         wanted = {entry.member: cache_path(manifest, data_dir, entry) for entry in entries}
@@ -284,6 +302,14 @@ def fetch(manifest: Manifest, data_dir: str | os.PathLike, *, retries: int = 3, 
             report.extracted.append(entry.file)
         if not keep_archives:
             archive_path.unlink(missing_ok=True)
+    if unreachable:
+        lines = "\n".join(f"  {url}\n    -> {dest}" + (f"  (sha256 {sha})" if sha else "")
+                          for url, dest, sha in unreachable)
+        raise NetworkError(
+            f"{manifest.name}: {len(unreachable)} file(s) could not be downloaded (the network failed at "
+            f"{unreachable[0][0]}). If this machine is offline, download each URL elsewhere and put the file at the "
+            f"path shown, then re-run `bench data fetch {manifest.name}` (files are verified, archives extracted):\n"
+            + lines)
     return report
 
 
