@@ -339,6 +339,11 @@ def run_from_config(cfg: DictConfig) -> JobSummary:
         from bench.tables import write_tables
 
         write_tables(results_dir)
+    # --- logger hook (issue 7): mirror the finished job to W&B; a no-op unless logger=wandb ---
+    from bench.wandb_logger import log_results
+
+    log_results(cfg, results_dir, summary)
+    # --- end logger hook ---
     return summary
 
 

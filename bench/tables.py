@@ -2,25 +2,44 @@
 
 Rows of the summary table are (method label, hyperparameter point); a point is named by the
 hyperparameters that vary between that method's records (e.g. ``strength=0.5``), "default" when
-none do. Columns: n (ok items), failed, cost (NFE/item = inversion + edit UNet evaluations, the
+none do. When a results dir holds several datasets, the dataset is part of the row index too.
+Columns: n (ok items), failed, seeds, cost (NFE/item = inversion + edit UNet evaluations, the
 algorithmic cost even when the inversion was reused; s/item likewise), ``psnr_vs_source`` (a
-reconstruction fidelity figure that needs no learned metric), then every scored metric (mean,
-display scale applied; NaN values skipped and counted). Written as markdown, CSV and LaTeX.
+reconstruction fidelity figure that needs no learned metric), then every scored metric (mean over
+items and seeds, display scale applied; NaN values skipped and counted in a ``<id> NaN`` column).
+For stochastic methods run with several seeds, ``<id> std`` is the standard deviation of the
+per-seed means, shown as "mean ± std".
+
+Rendered as markdown, CSV (numbers, unrounded) and LaTeX (booktabs); the best value of every
+metric column is bold, the header arrow gives its direction.
+
+Published numbers (``results/paper/*.csv``, long format, one row per (paper method, paper column)
+with its source and the mapping to our method label and metric id) are put side by side with ours:
+``paper | ours | Δ`` per metric, in our display units.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import numbers
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 
 from bench import records
 from bench.io import write_text
 
+log = logging.getLogger(__name__)
+
 COST_COLUMNS = {"nfe_per_item": "NFE/item", "seconds_per_item": "s/item"}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PAPER_DIR = REPO_ROOT / "results" / "paper"
+METHOD_CONF_DIR = REPO_ROOT / "conf" / "method"
+PAPER_COLUMNS = ["paper_table", "paper_method", "method", "paper_metric", "metric_id", "value", "paper_scale",
+                 "higher_is_better", "dataset", "model", "source", "note"]
 
 
 def _point_labels(frame: pd.DataFrame) -> pd.Series:
@@ -35,6 +54,57 @@ def _point_labels(frame: pd.DataFrame) -> pd.Series:
     return labels
 
 
+def varying_hparams(frame: pd.DataFrame, method: str) -> list[str]:
+    """The hyperparameter names that vary between the records of ``method`` (its sweep knobs)."""
+    hparams = [json.loads(h) for h in frame.loc[frame["method"] == method, "hparams"]]
+    keys = sorted({k for h in hparams for k in h})
+    return [k for k in keys if len({json.dumps(h.get(k), sort_keys=True) for h in hparams}) > 1]
+
+
+def method_defaults(label: str, conf_dir: str | Path | None = None) -> dict[str, Any]:
+    """The hyperparameters written in ``conf/method/<label>.yaml`` (the paper defaults), {} if none.
+
+    Only the file's own keys are read (its defaults list, e.g. the scheduler, is ignored)."""
+    path = Path(conf_dir or METHOD_CONF_DIR) / f"{label}.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {k: v for k, v in data.items() if k not in ("defaults", "_target_") and not isinstance(v, dict)}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def default_points(edits: pd.DataFrame, conf_dir: str | Path | None = None) -> dict[str, str]:
+    """method label → the point label whose swept knobs equal the method config's values.
+
+    A method with a single point maps to it; a method whose config is unknown or whose grid does
+    not contain the config's values has no entry."""
+    result: dict[str, str] = {}
+    if edits.empty:
+        return result
+    for method, group in edits.groupby("method"):
+        points = group.drop_duplicates("point")
+        if len(points) == 1:
+            result[str(method)] = str(points["point"].iloc[0])
+            continue
+        defaults = method_defaults(str(method), conf_dir)
+        knobs = varying_hparams(edits, str(method))
+        if not defaults or not all(k in defaults for k in knobs):
+            continue
+        for _, row in points.iterrows():
+            hp = json.loads(row["hparams"])
+            if all(_same(hp.get(k), defaults[k]) for k in knobs):
+                result[str(method)] = str(row["point"])
+                break
+    return result
+
+
 def load_edits(results_dir: str | Path) -> pd.DataFrame:
     """One row per edit record (ok and failed)."""
     rows = []
@@ -45,6 +115,9 @@ def load_edits(results_dir: str | Path) -> pd.DataFrame:
             "method_name": rec["method"]["name"], "stochastic": rec["method"].get("stochastic", False),
             "hparams": json.dumps(rec["method"]["hparams"], sort_keys=True),
             "dataset": rec["dataset"]["name"], "item_id": rec["item"]["item_id"], "seed": rec["seed"],
+            "image_id": rec["item"].get("image_id", rec["item"]["item_id"]),
+            "source_prompt": rec["item"].get("source_prompt", ""),
+            "target_prompt": rec["item"].get("target_prompt", ""),
             "edit_category": rec["item"].get("edit_category", ""),
             "nfe_per_item": cost.get("inversion_nfe", 0) + cost.get("edit_nfe", 0) if cost else math.nan,
             "nfe_backward_per_item": cost.get("inversion_nfe_backward", 0) + cost.get("edit_nfe_backward", 0)
@@ -56,6 +129,7 @@ def load_edits(results_dir: str | Path) -> pd.DataFrame:
         })
     frame = pd.DataFrame(rows)
     if not frame.empty:
+        frame = frame.sort_values(["method", "dataset", "item_id", "seed", "key"], kind="stable").reset_index(drop=True)
         frame["point"] = _point_labels(frame)
     return frame
 
@@ -68,18 +142,21 @@ def load_metrics(results_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["edit_key", "metric_id", "value", "display_scale", "higher_is_better"])
 
 
-def load_long(results_dir: str | Path) -> pd.DataFrame:
+BASE_COLUMNS = ["key", "method", "point", "dataset", "item_id", "seed", "edit_category"]
+
+
+def load_long(results_dir: str | Path, edits: pd.DataFrame | None = None) -> pd.DataFrame:
     """Long format: one row per (ok edit record, metric) including the built-in psnr_vs_source."""
-    edits = load_edits(results_dir)
+    edits = load_edits(results_dir) if edits is None else edits
     if edits.empty:
         return pd.DataFrame()
     ok = edits[edits["status"] == "ok"]
-    base_cols = ["key", "method", "point", "dataset", "item_id", "seed", "edit_category"]
-    quick = ok[base_cols].assign(metric_id="psnr_vs_source", value=ok["psnr_vs_source"], display_scale=1.0,
-                                 higher_is_better=True)
+    quick = ok[BASE_COLUMNS].assign(metric_id="psnr_vs_source", value=ok["psnr_vs_source"], display_scale=1.0,
+                                    higher_is_better=True)
     metrics = load_metrics(results_dir)
-    scored = ok[base_cols].merge(metrics, left_on="key", right_on="edit_key").drop(columns="edit_key")
-    return pd.concat([quick, scored], ignore_index=True)
+    scored = ok[BASE_COLUMNS].merge(metrics, left_on="key", right_on="edit_key").drop(columns="edit_key")
+    parts = [quick] + ([scored] if not scored.empty else [])
+    return pd.concat(parts, ignore_index=True)
 
 
 def metric_header(metric_id: str, scale: float, higher_is_better: bool) -> str:
@@ -88,62 +165,264 @@ def metric_header(metric_id: str, scale: float, higher_is_better: bool) -> str:
     return f"{metric_id}{scale_txt} {arrow}"
 
 
-def summary_table(results_dir: str | Path) -> pd.DataFrame:
-    """method × metric: mean over items and seeds (NaN skipped), plus counts and cost columns."""
-    edits = load_edits(results_dir)
+def header_metric_id(header: str) -> str:
+    """Inverse of ``metric_header`` for the id part ('clip_score ×100 ↑' → 'clip_score')."""
+    return header.split(" ")[0]
+
+
+def summary_table(results_dir: str | Path, edits: pd.DataFrame | None = None) -> pd.DataFrame:
+    """method × metric: mean over items and seeds (NaN skipped), plus counts, cost and std columns."""
+    edits = load_edits(results_dir) if edits is None else edits
     if edits.empty:
         return pd.DataFrame()
-    index = ["method", "point"]
+    index = (["dataset"] if edits["dataset"].nunique() > 1 else []) + ["method", "point"]
     table = edits.groupby(index).agg(n=("status", lambda s: int((s == "ok").sum())),
                                      failed=("status", lambda s: int((s == "failed").sum())))
     ok = edits[edits["status"] == "ok"]
+    table["seeds"] = ok.groupby(index)["seed"].nunique()
+    table["seeds"] = table["seeds"].fillna(0).astype(int)
     for column, header in COST_COLUMNS.items():
         table[header] = ok.groupby(index)[column].mean()
-    long = load_long(results_dir)
+    stochastic = edits.groupby(index)["stochastic"].any()
+    long = load_long(results_dir, edits)
     if not long.empty:
         for metric_id, group in long.groupby("metric_id", sort=False):
             scale, higher = float(group["display_scale"].iloc[0]), bool(group["higher_is_better"].iloc[0])
             values = group.assign(value=pd.to_numeric(group["value"], errors="coerce") * scale)
-            table[metric_header(metric_id, scale, higher)] = values.groupby(index)["value"].mean()
+            header = metric_header(metric_id, scale, higher)
+            table[header] = values.groupby(index)["value"].mean()
+            # std over seeds of the per-seed means, for stochastic methods with more than one seed
+            per_seed = values.groupby(index + ["seed"])["value"].mean().groupby(index).agg(["std", "count"])
+            std = per_seed["std"].where((per_seed["count"] > 1) & stochastic.reindex(per_seed.index, fill_value=False))
+            if std.notna().any():
+                table[f"{metric_id} std"] = std
             nan_count = values.groupby(index)["value"].apply(lambda v: int(v.isna().sum()))
             if nan_count.any():
-                table[f"{metric_id} NaN"] = nan_count
+                table[f"{metric_id} NaN"] = nan_count.reindex(table.index, fill_value=0).astype(int)
     return table.reset_index()
+
+
+# ----------------------------------------------------------------------------------------------
+# rendering: cells as strings, best per metric column marked
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.endswith("↑") or c.endswith("↓")]
+
+
+def best_rows(table: pd.DataFrame, column: str) -> set[int]:
+    """Row positions holding the best value of a ↑/↓ column (ties all count; NaN never wins)."""
+    values = pd.to_numeric(table[column], errors="coerce")
+    if values.notna().sum() < 2:  # a single row or value: nothing to compare
+        return set()
+    best = values.max() if column.endswith("↑") else values.min()
+    return {i for i, v in enumerate(values) if pd.notna(v) and math.isclose(v, best, rel_tol=1e-12, abs_tol=1e-15)}
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "--"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    value = float(value)
+    if abs(value) >= 10 ** digits:
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"
+
+
+def display_cells(table: pd.DataFrame, digits: int = 4) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """(headers, rows of strings, bold flags): std and NaN columns folded into their metric column
+    ("mean ± std", "(k NaN)"), best value per metric column flagged."""
+    shown = [c for c in table.columns if not (c.endswith(" std") or c.endswith(" NaN"))]
+    bold_cols = {c: best_rows(table, c) for c in metric_columns(table)}
+    rows, flags = [], []
+    for i, (_, row) in enumerate(table.iterrows()):
+        cells, marks = [], []
+        for column in shown:
+            text = _fmt(row[column], digits)
+            if column in bold_cols:
+                metric_id = header_metric_id(column)
+                std = row.get(f"{metric_id} std")
+                if std is not None and pd.notna(std):
+                    text = f"{text} ± {_fmt(float(std), 2)}"
+                nans = row.get(f"{metric_id} NaN")
+                if nans is not None and pd.notna(nans) and int(nans) > 0:
+                    text = f"{text} ({int(nans)} NaN)"
+            cells.append(text)
+            marks.append(i in bold_cols.get(column, set()))
+        rows.append(cells)
+        flags.append(marks)
+    return shown, rows, flags
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     if table.empty:
         return "_no records_\n"
-    return table.to_markdown(index=False, floatfmt=".4g") + "\n"
+    headers, rows, flags = display_cells(table)
+    body = [[f"**{c}**" if b else c for c, b in zip(r, f)] for r, f in zip(rows, flags)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in body]
+    return "\n".join(lines) + "\n"
 
 
-def to_latex(table: pd.DataFrame) -> str:
-    """LaTeX via pandas Styler: best value per metric column in bold (direction from the ↑/↓ header)."""
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    return (out.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("±", r"$\pm$")
+            .replace("×", r"$\times$").replace("Δ", r"$\Delta$"))
+
+
+def to_latex(table: pd.DataFrame, caption: str | None = None) -> str:
+    """A booktabs tabular: best value per metric column in bold, ↑/↓ as math arrows."""
     if table.empty:
         return ""
-    styler = table.style.format(precision=3, na_rep="--").hide(axis="index")
-    for column in table.columns:
-        if column.endswith("↑"):
-            styler = styler.highlight_max(subset=[column], props="textbf:--rwrap;")
-        elif column.endswith("↓"):
-            styler = styler.highlight_min(subset=[column], props="textbf:--rwrap;")
-    return styler.to_latex(hrules=True)
+    headers, rows, flags = display_cells(table, digits=3)
+    align = "".join("l" if not pd.api.types.is_numeric_dtype(table[h]) else "r" for h in headers)
+    lines = [r"\begin{tabular}{" + align + "}", r"\toprule",
+             " & ".join(latex_escape(h) for h in headers) + r" \\", r"\midrule"]
+    for r, f in zip(rows, flags):
+        cells = [r"\textbf{" + latex_escape(c) + "}" if b else latex_escape(c) for c, b in zip(r, f)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    body = "\n".join(lines) + "\n"
+    if caption:
+        body = ("\\begin{table}[t]\n\\centering\n" + body + "\\caption{" + latex_escape(caption) + "}\n\\end{table}\n")
+    return body
 
 
-def write_tables(results_dir: str | Path) -> dict[str, Path]:
-    """Write tables/summary.{md,csv,tex} for a results dir; returns the paths."""
+# ----------------------------------------------------------------------------------------------
+# published numbers side by side
+
+
+def load_paper(path: str | Path) -> pd.DataFrame:
+    """A ``results/paper/*.csv`` file, checked: one row per (paper method, paper column)."""
+    frame = pd.read_csv(path, dtype={"method": str, "metric_id": str}, keep_default_na=False,
+                        na_values={"value": [""]})
+    missing = [c for c in PAPER_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; expected {PAPER_COLUMNS}")
+    if frame["source"].str.strip().eq("").any():
+        raise ValueError(f"{path}: every row needs a source")
+    frame["value"] = pd.to_numeric(frame["value"], errors="raise")
+    frame["paper_scale"] = pd.to_numeric(frame["paper_scale"], errors="raise")
+    frame["higher_is_better"] = frame["higher_is_better"].astype(str).str.lower().isin(["true", "1", "yes"])
+    return frame
+
+
+def paper_tables(paper_dir: str | Path | None = None) -> dict[str, pd.DataFrame]:
+    root = Path(paper_dir or PAPER_DIR)
+    return {p.stem: load_paper(p) for p in sorted(root.glob("*.csv"))}
+
+
+def paper_comparison(results_dir: str | Path, paper: pd.DataFrame, edits: pd.DataFrame | None = None,
+                     conf_dir: str | Path | None = None) -> pd.DataFrame:
+    """Paper vs ours for every mapped (paper method, metric): one row per paper method with
+    ``<metric> paper``, ``<metric> ours``, ``<metric> Δ`` (ours − paper) columns in our display units.
+
+    "ours" is the mean over the method's default point (the config's values; the only point when
+    there is one). Paper rows whose method or metric we have not run show "--" for ours."""
+    edits = load_edits(results_dir) if edits is None else edits
+    long = load_long(results_dir, edits) if not edits.empty else pd.DataFrame()
+    defaults = default_points(edits, conf_dir) if not edits.empty else {}
+    datasets = set(edits["dataset"]) if not edits.empty else set()
+    rows: dict[str, dict[str, Any]] = {}
+    for _, p in paper.iterrows():
+        row = rows.setdefault(p["paper_method"], {"paper method": p["paper_method"], "ours as": p["method"] or "--"})
+        ours = math.nan
+        scale = float(p["paper_scale"])
+        if not long.empty and p["method"] and p["metric_id"]:
+            sel = long[(long["metric_id"] == p["metric_id"]) & (long["method"] == p["method"])]
+            if p["dataset"] and p["dataset"] != "*" and datasets:
+                sel = sel[sel["dataset"] == p["dataset"]]
+            point = defaults.get(p["method"])
+            sel = sel[sel["point"] == point] if point is not None else sel.iloc[0:0]
+            if not sel.empty:
+                scale = float(sel["display_scale"].iloc[0])
+                ours = float(pd.to_numeric(sel["value"], errors="coerce").mean() * scale)
+        paper_value = float(p["value"]) / float(p["paper_scale"]) * scale  # paper units → ours
+        arrow = "↑" if p["higher_is_better"] else "↓"
+        scale_txt = "" if scale == 1 else f" ×{int(scale) if float(scale).is_integer() else scale:g}"
+        name = f"{p['metric_id'] or p['paper_metric']}{scale_txt}"
+        row[f"{name} paper {arrow}"] = paper_value
+        row[f"{name} ours {arrow}"] = ours
+        row[f"{name} Δ"] = ours - paper_value
+    return pd.DataFrame(list(rows.values()))
+
+
+def applicable_papers(edits: pd.DataFrame, long: pd.DataFrame, papers: dict[str, pd.DataFrame]) -> list[str]:
+    """The paper tables measured on a dataset of the results that share at least one (method label,
+    metric id) pair with them. Tables whose dataset is "*" (an unpublished image set) never apply
+    automatically; name them (``write_tables(..., papers=[...])``, an experiment's ``paper:`` list)."""
+    if edits.empty or long.empty:
+        return []
+    have = set(zip(long["dataset"], long["method"], long["metric_id"]))
+    return [name for name, paper in papers.items()
+            if any((p["dataset"], p["method"], p["metric_id"]) in have for _, p in paper.iterrows())]
+
+
+def paper_markdown(comparison: pd.DataFrame) -> str:
+    """Markdown for a paper-vs-ours table; the better of paper/ours in each metric is not bolded
+    (they are different runs); Δ is signed."""
+    if comparison.empty:
+        return "_no rows_\n"
+    headers = list(comparison.columns)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for _, row in comparison.iterrows():
+        cells = []
+        for h in headers:
+            v = row[h]
+            cells.append(f"{v:+.4g}" if h.endswith("Δ") and isinstance(v, float) and not math.isnan(v) else _fmt(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def write_tables(results_dir: str | Path, papers: Iterable[str] | None = None,
+                 paper_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write tables/summary.{md,csv,tex} (+ failures.csv, + paper_<name>.{md,csv,tex} for the
+    published tables named in ``papers`` and every one that applies automatically, see
+    ``applicable_papers``) for a results dir; returns the paths."""
     out = Path(results_dir) / "tables"
-    table = summary_table(results_dir)
+    edits = load_edits(results_dir)
+    table = summary_table(results_dir, edits)
     paths = {"md": out / "summary.md", "csv": out / "summary.csv", "tex": out / "summary.tex"}
     write_text(paths["md"], to_markdown(table))
     write_text(paths["csv"], table.to_csv(index=False))
     write_text(paths["tex"], to_latex(table))
-    failures = load_edits(results_dir)
-    if not failures.empty:
-        failed = failures[failures["status"] == "failed"][["method", "point", "item_id", "error"]]
+    if not edits.empty:
+        failed = edits[edits["status"] == "failed"][["method", "point", "item_id", "error"]]
         write_text(out / "failures.csv", failed.to_csv(index=False))
+        long = load_long(results_dir, edits)
+        known = paper_tables(paper_dir)
+        wanted = list(papers or [])
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            raise ValueError(f"unknown paper table(s) {unknown}; available: {sorted(known)} "
+                             f"({Path(paper_dir or PAPER_DIR)})")
+        for name in dict.fromkeys(wanted + applicable_papers(edits, long, known)):
+            comparison = paper_comparison(results_dir, known[name], edits)
+            stem = out / f"paper_{name}"
+            write_text(stem.with_suffix(".md"), paper_markdown(comparison))
+            write_text(stem.with_suffix(".csv"), comparison.to_csv(index=False))
+            write_text(stem.with_suffix(".tex"), to_latex(comparison))
+            paths[f"paper_{name}"] = stem.with_suffix(".md")
     return paths
 
 
 def describe_table(table: pd.DataFrame) -> dict[str, Any]:
     return {"rows": len(table), "columns": list(table.columns)}
+
+
+def iter_table_files(results_dir: str | Path) -> Iterable[Path]:
+    out = Path(results_dir) / "tables"
+    return sorted(p for p in out.glob("*") if p.is_file() and ".tmp-" not in p.name) if out.is_dir() else []

@@ -1,0 +1,103 @@
+"""Trade-off plots: CLIP score (text compliance) against LPIPS (fidelity to the source) per method.
+
+One curve per method through its hyperparameter grid (the rows of ``tables.summary_table``), points
+ordered along the x axis; the paper-default point of each method (its config's values, see
+``tables.default_points``) is drawn as a large star. Written as PNG and PDF with matplotlib's Agg
+backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from bench.io import atomic_path
+from bench.tables import default_points, header_metric_id, load_edits, metric_columns, summary_table
+
+log = logging.getLogger(__name__)
+
+# preferred axes, first present wins (toy metric ids are matched by prefix after these)
+X_METRICS = ("lpips_alex", "lpips_vgg", "bg_lpips_pie", "ns_lpips_sd", "ns_lpips_gt")
+Y_METRICS = ("clip_score", "clip_score_pie", "clip_score_edit_pie")
+
+
+def pick_axes(table: pd.DataFrame, x_metric: str | None = None,
+              y_metric: str | None = None) -> tuple[str, str] | None:
+    """(x column, y column) headers: LPIPS-like on x, CLIP-like on y; None when either is absent."""
+    headers = {header_metric_id(c): c for c in metric_columns(table)}
+
+    def choose(wanted: str | None, preferred: Iterable[str], fragment: str) -> str | None:
+        if wanted:
+            return headers.get(wanted)
+        for metric_id in preferred:
+            if metric_id in headers:
+                return headers[metric_id]
+        return next((h for m, h in headers.items() if fragment in m), None)
+
+    x = choose(x_metric, X_METRICS, "lpips")
+    y = choose(y_metric, Y_METRICS, "clip")
+    return (x, y) if x and y else None
+
+
+def tradeoff_figure(table: pd.DataFrame, x: str, y: str, defaults: dict[str, str], title: str = ""):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    index = ["dataset", "method"] if "dataset" in table.columns else ["method"]
+    cmap = plt.get_cmap("tab10")
+    for k, (name, group) in enumerate(table.groupby(index, sort=True)):
+        name = " / ".join(map(str, name)) if isinstance(name, tuple) else str(name)
+        method = group["method"].iloc[0]
+        group = group.dropna(subset=[x, y]).sort_values(x)
+        if group.empty:
+            continue
+        color = cmap(k % 10)
+        axes.plot(group[x], group[y], marker="o", markersize=4, linewidth=1.2, color=color, label=name)
+        default = group[group["point"] == defaults.get(method)]
+        if not default.empty:
+            axes.scatter(default[x], default[y], marker="*", s=220, color=color, edgecolors="black",
+                         linewidths=0.8, zorder=5)
+    axes.set_xlabel(x)
+    axes.set_ylabel(y)
+    axes.set_title(title or f"{header_metric_id(y)} vs {header_metric_id(x)} (★ = paper default)")
+    axes.grid(True, alpha=0.3)
+    if axes.lines:
+        axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    return figure
+
+
+def write_tradeoff_plot(results_dir: str | Path, x_metric: str | None = None, y_metric: str | None = None,
+                        out_dir: str | Path | None = None, stem: str = "tradeoff") -> dict[str, Path]:
+    """Write <out_dir>/<stem>.png and .pdf (out_dir defaults to <results_dir>/plots); returns the
+    paths, or {} (with a log line saying why) when the results have no CLIP- or LPIPS-like metric."""
+    edits = load_edits(results_dir)
+    table = summary_table(results_dir, edits)
+    if table.empty:
+        log.info("no plot: %s holds no records", results_dir)
+        return {}
+    axes = pick_axes(table, x_metric, y_metric)
+    if axes is None:
+        log.info("no trade-off plot: need an LPIPS-like and a CLIP-like metric, have %s",
+                 [header_metric_id(c) for c in metric_columns(table)])
+        return {}
+    import matplotlib.pyplot as plt
+
+    figure = tradeoff_figure(table, *axes, defaults=default_points(edits))
+    out = Path(out_dir or Path(results_dir) / "plots")
+    paths = {}
+    try:
+        for fmt in ("png", "pdf"):
+            path = out / f"{stem}.{fmt}"
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, format=fmt)
+            paths[fmt] = path
+    finally:
+        plt.close(figure)
+    return paths
