@@ -1,0 +1,115 @@
+"""Metric registry: metric sets from ``conf/metrics/<set>.yaml`` → ``Metric`` objects; NaN-aware mean.
+
+A metric set config has two keys::
+
+    ids: [lpips_alex, clip_score, ...]          # what is scored, in table order
+    registry:                                   # how each id is built (a `_target_` config)
+      lpips_alex: {_target_: bench.metrics.lpips_metrics.LpipsDistance, net: alex}
+
+``build_metrics`` accepts that mapping, a list of ``_target_`` configs, ``Metric`` objects, or bare
+ids (built with the defaults of ``BUILTIN``, i.e. the real backbones from the library caches).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from bench.config import ConfigError, instantiate
+from bench.metrics.base import Metric
+
+BUILTIN: dict[str, dict[str, Any]] = {
+    "lpips_alex": {"_target_": "bench.metrics.lpips_metrics.LpipsDistance", "net": "alex"},
+    "lpips_vgg": {"_target_": "bench.metrics.lpips_metrics.LpipsDistance", "net": "vgg"},
+    "recon_lpips": {"_target_": "bench.metrics.lpips_metrics.ReconLpips"},
+    "ns_lpips_sd": {"_target_": "bench.metrics.lpips_metrics.NsLpipsSd"},
+    "ns_lpips_gt": {"_target_": "bench.metrics.lpips_metrics.NsLpipsGt"},
+    "clip_score": {"_target_": "bench.metrics.clip_metrics.ClipScore"},
+    "clip_score_pie": {"_target_": "bench.metrics.clip_metrics.ClipScorePie"},
+    "clip_score_edit_pie": {"_target_": "bench.metrics.clip_metrics.ClipScoreEditPie"},
+    "structure_dist": {"_target_": "bench.metrics.structure.StructureDist"},
+    "structure_dist_pie": {"_target_": "bench.metrics.structure.StructureDistPie"},
+    "bg_psnr_pie": {"_target_": "bench.metrics.pie_background.BgPsnrPie"},
+    "bg_lpips_pie": {"_target_": "bench.metrics.pie_background.BgLpipsPie"},
+    "bg_mse_pie": {"_target_": "bench.metrics.pie_background.BgMsePie"},
+    "bg_ssim_pie": {"_target_": "bench.metrics.pie_background.BgSsimPie"},
+    "recon_psnr": {"_target_": "bench.metrics.pie_background.ReconPsnr"},
+}
+
+
+def _to_plain(cfg: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(cfg, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return cfg
+
+
+def metric_entries(metric_cfgs: Any) -> list[Any]:
+    """Normalise any accepted form to a list of (Metric | _target_ dict | id string)."""
+    metric_cfgs = _to_plain(metric_cfgs)
+    if metric_cfgs is None:
+        return []
+    if isinstance(metric_cfgs, dict):
+        if "_target_" in metric_cfgs:
+            return [metric_cfgs]
+        registry = metric_cfgs.get("registry") or {}
+        entries = []
+        for metric_id in metric_cfgs.get("ids") or []:
+            if isinstance(metric_id, dict):  # an inline config in ids
+                entries.append(metric_id)
+            elif metric_id in registry:
+                entries.append({"id": metric_id, **registry[metric_id]})
+            elif metric_id in BUILTIN:
+                entries.append({"id": metric_id, **BUILTIN[metric_id]})
+            else:
+                raise ConfigError(f"metrics.ids contains {metric_id!r}, which is neither in metrics.registry "
+                                  f"({sorted(registry)}) nor a built-in metric ({sorted(BUILTIN)})")
+        return entries
+    if isinstance(metric_cfgs, (list, tuple)):
+        return list(metric_cfgs)
+    raise ConfigError(f"metrics config must be a mapping with ids/registry or a list, got {type(metric_cfgs).__name__}")
+
+
+def build_metric(entry: Any) -> Metric:
+    if isinstance(entry, Metric):
+        return entry
+    if isinstance(entry, str):
+        if entry not in BUILTIN:
+            raise ConfigError(f"unknown metric id {entry!r}; built-in ids: {sorted(BUILTIN)}")
+        entry = {"id": entry, **BUILTIN[entry]}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"metric config must be a mapping with _target_, got {entry!r}")
+    metric = instantiate(dict(entry), what=f"metrics.{entry.get('id', '?')}")
+    if not isinstance(metric, Metric):
+        raise ConfigError(f"metrics.{entry.get('id', '?')}: {entry['_target_']} is not a bench Metric")
+    return metric
+
+
+def build_metrics(metric_cfgs: Any) -> list[Metric]:
+    metrics = [build_metric(entry) for entry in metric_entries(metric_cfgs)]
+    seen: dict[str, Metric] = {}
+    for metric in metrics:
+        if metric.id in seen:
+            raise ConfigError(f"metric id {metric.id!r} is configured twice; each protocol variant needs its own id")
+        seen[metric.id] = metric
+    return metrics
+
+
+def mean_skipping_nan(values: Iterable[float | None]) -> tuple[float, int, int]:
+    """(mean over finite-or-inf numbers, how many were used, how many were NaN/None and skipped).
+
+    PIE-Bench's tables average each column with "nan" rows excluded; the count says how many.
+    The mean of nothing is NaN.
+    """
+    used, skipped, total = 0, 0, 0.0
+    for value in values:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            skipped += 1
+            continue
+        total += float(value)
+        used += 1
+    return (total / used if used else math.nan), used, skipped
