@@ -176,17 +176,22 @@ def ddim_inversion_loop(pipe, x0: torch.Tensor, cond: torch.Tensor, uncond: torc
     return latents
 
 
-def ddim_sampling_loop(pipe, x_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, scale,
+def ddim_sampling_loop(pipe, x_T: torch.Tensor, cond: torch.Tensor, uncond, scale,
                        on_step=None) -> torch.Tensor:
     """Deterministic DDIM (η=0) from x_T over ``pipe.scheduler.timesteps``; all branches in one UNet batch.
 
-    ``x_T`` (B,…), ``cond``/``uncond`` (B,77,D), ``scale`` a float or per-branch tensor (B,).
+    ``x_T`` (B,…), ``cond`` (B,77,D), ``uncond`` (B,77,D) or a sequence of N such tensors, one per step
+    (Null-text inversion's optimised ∅_t), ``scale`` a float or per-branch tensor (B,).
     ``on_step(latents) -> latents`` runs after each step (P2P's ``step_callback``: LocalBlend).
     """
     scheduler = pipe.scheduler
+    per_step = not isinstance(uncond, torch.Tensor)
+    if per_step and len(uncond) != len(scheduler.timesteps):
+        raise ValueError(f"ddim_sampling_loop: {len(uncond)} per-step unconditional embeddings for "
+                         f"{len(scheduler.timesteps)} steps")
     latents = x_T
-    for t in scheduler.timesteps:
-        eps = guided_noise(pipe, latents, t, cond, uncond, scale)
+    for i, t in enumerate(scheduler.timesteps):
+        eps = guided_noise(pipe, latents, t, cond, uncond[i] if per_step else uncond, scale)
         latents = ddim_step(scheduler, eps, int(t), latents)
         if on_step is not None:
             latents = on_step(latents)
