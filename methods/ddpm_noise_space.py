@@ -1,0 +1,117 @@
+"""The DDPM-noise-space loop shared by ef_ddpm, ef_ddpm_p2p and ddpm_naive (methods spec §2.2–2.3).
+
+Inversion (grid t_1 < … < t_T of ``pipe.scheduler`` with T = num_diffusion_steps):
+  1. noise x_0 onto the grid: x̃_1..x̃_T — *how* is the subclass's choice (``noise_trajectory``):
+     independently per step (EF) or along the forward Markov chain (naive);
+  2. for n = T…1: ε̂_n = CFG(ε_θ(x̃_n, t_n, ·), w = cfg_src) with the source prompt, and
+     z_n = (x̃_{n−1} − μ_n(x̃_n; ε̂_n)) / (η σ_n)  (``steps.ef_extract_noise``).
+  3. write back x̃_{n−1} ← μ_n + η σ_n z_n before step n−1 (reference L171-173; not a no-op in floating
+     point: ε̂_{n−1} is then evaluated at exactly the latent the reverse process produces, which makes
+     the fp32 reconstruction bitwise exact rather than drifting by the UNet's error amplification).
+  The inversion stores x̃_0..x̃_T (written back) and z_1..z_T, *including* z_1: the reference zeroes z_1
+  (`inversion_utils.py` L175-176); here that happens at edit time unless ``keep_z1``, so both
+  behaviours share one cached inversion.
+
+Editing: start from x̃_{T−T_skip} (the noised latent, not a re-inverted one: `main_run.py` L96) and for
+n = T−T_skip…1 take x_{n−1} = μ_n(x_n; ε̂) + η σ_n z_n with ε̂ = CFG(target prompt, w = cfg_tar); all
+branches (and both CFG passes) in one UNet batch. With target = source, cfg_tar = cfg_src,
+T_skip = 0 and keep_z1 this returns x_0 up to rounding; with z_1 = 0 the result is x_0 − η σ_1 z_1,
+i.e. the last step's noise is missing (inbarhub/DDPM_inversion#13).
+
+Cost: 2T inversion NFE (T if cfg_src = 1), 2·(T−T_skip)·branches editing NFE.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from methods.attention import AttentionController, attention_control
+from methods.base import HyperparameterError, Inversion, Method, check_range
+from methods.steps import ef_extract_noise, ef_step, guided_noise
+
+
+@dataclass
+class DDPMNoiseSpaceMethod(Method):
+    """Base for methods that edit in DDPM noise space; subclasses choose the noising (and a controller)."""
+
+    inversion_fields = ("num_diffusion_steps", "eta", "cfg_src")
+    stochastic = True
+
+    num_diffusion_steps: int = 100  # T (EF `--num_diffusion_steps`)
+    eta: float = 1.0  # η (EF `--eta`)
+    cfg_src: float = 3.5  # w of ε̂ during inversion (EF `--cfg_src`)
+    cfg_tar: float = 15.0  # w of the edit (EF `--cfg_tar`)
+    skip: int = 36  # T_skip (EF `--skip`)
+    keep_z1: bool = False  # False = the reference: z_1 := 0
+
+    def __post_init__(self) -> None:
+        check_range(self, "num_diffusion_steps", 1, 1000)
+        check_range(self, "eta", 0.0, 1.0, low_open=True)  # z = (·)/(ησ) needs η > 0
+        check_range(self, "cfg_src", 0.0, 100.0)
+        check_range(self, "cfg_tar", 0.0, 100.0)
+        check_range(self, "skip", 0, self.num_diffusion_steps)
+        if self.skip == self.num_diffusion_steps:
+            raise HyperparameterError(f"{type(self).__name__}.skip={self.skip} leaves no denoising step: "
+                                      f"expected skip < num_diffusion_steps={self.num_diffusion_steps}")
+
+    # choices of the subclasses ---------------------------------------------------------------
+    def noise_trajectory(self, scheduler, x0: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        """[x̃_0 = x_0, x̃_1, …, x̃_T] on the ascending grid ``scheduler.timesteps.flip(0)``."""
+        raise NotImplementedError
+
+    def branches(self, item) -> tuple[list[str], list[float]]:
+        """Prompts and guidance scales of the edit batch (EF `our_inv`: the target alone)."""
+        return [item.target_prompt], [self.cfg_tar]
+
+    def controller(self, pipe, item) -> AttentionController | None:
+        return None
+
+    # the shared loop ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def invert(self, pipe, image, source_prompt, generator) -> Inversion:
+        scheduler = pipe.scheduler
+        scheduler.set_timesteps(self.num_diffusion_steps)
+        xts = self.noise_trajectory(scheduler, pipe.encode_image(image), generator)
+        cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
+        ascending = scheduler.timesteps.flip(0)
+        zs = [torch.empty(0)] * self.num_diffusion_steps
+        for n in range(self.num_diffusion_steps, 0, -1):  # n = T … 1, as the reference
+            t = ascending[n - 1]
+            eps = guided_noise(pipe, xts[n], t, cond, uncond, self.cfg_src)
+            zs[n - 1] = ef_extract_noise(scheduler, xts[n - 1], xts[n], eps, int(t), self.eta)
+            # the reference's write-back xts[n−1] ← μ_n + ησ_n z_n (L171-173): equal in exact arithmetic,
+            # but in floating point it makes the next ε̂ be evaluated at the very latent the reverse
+            # process will produce, so reconstruction is exact to the last bit
+            xts[n - 1] = ef_step(scheduler, xts[n], eps, int(t), self.eta, zs[n - 1])
+        return Inversion({"xts": torch.cat(xts), "zs": torch.cat(zs)},
+                         {"timesteps": [int(t) for t in ascending]})
+
+    @torch.no_grad()
+    def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
+        """The edited latents, one row per branch."""
+        scheduler = pipe.scheduler
+        scheduler.set_timesteps(self.num_diffusion_steps)
+        prompts, scales = self.branches(item)
+        cond, uncond = pipe.encode_prompts(prompts), pipe.encode_prompts([""] * len(prompts))
+        scale = scales[0] if len(scales) == 1 else torch.tensor(scales)
+        first = self.num_diffusion_steps - self.skip
+        zs = inversion.tensors["zs"][:first].clone()
+        if not self.keep_z1:
+            zs[0] = 0  # the reference's z_1 = 0
+        latents = inversion.tensors["xts"][first:first + 1].expand(len(prompts), -1, -1, -1)
+        ascending = scheduler.timesteps.flip(0)
+        controller = self.controller(pipe, item)
+        with attention_control(pipe, controller) if controller is not None else nullcontext():
+            for n in range(first, 0, -1):
+                t = ascending[n - 1]
+                eps = guided_noise(pipe, latents, t, cond, uncond, scale)
+                latents = ef_step(scheduler, latents, eps, int(t), self.eta, zs[n - 1])
+                if controller is not None:
+                    latents = controller.step_callback(latents)
+        return latents
+
+    def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
+        return pipe.decode_latents(self.edit_latents(pipe, inversion, item))[-1]
