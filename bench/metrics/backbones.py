@@ -159,7 +159,7 @@ class Backbone:
                 return self.download()
             except Exception as err:  # network errors come in many types; report them uniformly
                 raise self.missing(f"download failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
-        return self.missing("offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / EDITBENCH_OFFLINE set), so no download was tried")
+        raise self.missing("offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / EDITBENCH_OFFLINE set), so no download was tried")
 
     def missing(self, why: str) -> WeightsNotFoundError:
         lines = "\n".join(f"    - {s}" for s in self.searched())
