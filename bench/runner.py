@@ -314,11 +314,11 @@ def run_from_config(cfg: DictConfig) -> JobSummary:
     items = select_shard(dataset.items(), shard, num_shards)
     if cfg.get("limit"):
         items = items[: int(cfg.limit)]
-    metric_cfgs = list(OmegaConf.to_container(cfg.metrics, resolve=True).get("ids") or [])
-    if metric_cfgs:  # fail fast, before any editing work, when a metric backbone is missing
+    metrics_cfg = OmegaConf.to_container(cfg.metrics, resolve=True)
+    if metrics_cfg.get("ids"):  # fail fast, before any editing work, when a metric backbone is missing
         from bench.metric_stage import check_backbones
 
-        check_backbones(metric_cfgs)
+        check_backbones(metrics_cfg)
 
     pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), scheduler_cfg,
                          device=cfg.runtime.device, dtype=cfg.runtime.dtype)
@@ -326,10 +326,10 @@ def run_from_config(cfg: DictConfig) -> JobSummary:
                   dataset=dataset, items=items, results_dir=results_dir, seed=cfg.seed,
                   progress=bool(cfg.runtime.progress))
     summary = job.run()
-    if metric_cfgs:
+    if metrics_cfg.get("ids"):  # the metric stage: scores this job's records not yet scored
         from bench.metric_stage import score_results
 
-        score_results(results_dir, metric_cfgs, pipe=pipe)
+        score_results(results_dir, metrics_cfg, pipe=pipe, methods=[job.label])
     run_dir = _hydra_output_dir() or results_dir / "runs" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     write_json(Path(run_dir) / "summary.json", {"job": {"method": job.label, "dataset": dataset.name,
                                                          "shard": shard, "num_shards": num_shards,
