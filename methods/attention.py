@@ -766,8 +766,11 @@ class P2PEditHparams:
         check_range(self, "blend_threshold", 0.0, 1.0)
         check_range(self, "blend_start", 0.0, 1.0)
 
-    def p2p_controller(self, pipe, item, num_steps: int) -> P2PController:
-        """The controller for [item.source_prompt, item.target_prompt] with these hparams."""
+    def p2p_controller(self, pipe, item, num_steps: int, **builder_kwargs) -> P2PController:
+        """The controller for [item.source_prompt, item.target_prompt] with these hparams.
+
+        ``builder_kwargs`` go to ``build_p2p_controller`` (``controller_class`` and its extra arguments,
+        e.g. StyleDiffusion's P2Plus controller)."""
         blend_words = None
         if self.local_blend:
             if item.blend_words is None:
@@ -783,4 +786,5 @@ class P2PEditHparams:
             pipe, item.source_prompt, item.target_prompt, num_steps, self.cross_replace_steps, self.self_replace_steps,
             mode=self.p2p_mode, self_max_sd_resolution=self.self_replace_max_resolution, blend_words=blend_words,
             blend_threshold=self.blend_threshold, blend_start=self.blend_start, equalizer_params=eq_params,
+            **builder_kwargs,
         )
