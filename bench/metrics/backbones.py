@@ -481,7 +481,8 @@ class TimmVitBackbone(Backbone):
         return kwargs
 
     def key(self) -> tuple:
-        return (self.kind, self.model, str(self.checkpoint or ""), json.dumps(self.model_kwargs, sort_keys=True))
+        return (self.kind, self.model, str(self.checkpoint or ""), str(self.model_kwargs_json or ""),
+                json.dumps(self._inline_kwargs, sort_keys=True))
 
     def describe(self) -> str:
         return f"timm {self.model!r}" + (f" (checkpoint {self.checkpoint})" if self.checkpoint else "")
