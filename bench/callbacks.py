@@ -34,7 +34,8 @@ def job_results_dirs(sweep_dir: str | Path) -> list[Path]:
     return dirs
 
 
-def aggregate(results_dir: str | Path, papers: list[str] | None = None, report: bool = True) -> dict[str, Any]:
+def aggregate(results_dir: str | Path, papers: list[str] | None = None, report: bool = True,
+              sweep_dirs: list[str | Path] = ()) -> dict[str, Any]:
     """Tables, plot and report of one results dir; returns what was written."""
     from bench.plots import write_tradeoff_plot
     from bench.tables import write_tables
@@ -45,7 +46,7 @@ def aggregate(results_dir: str | Path, papers: list[str] | None = None, report: 
     if report:
         from bench.report import build_report
 
-        written["report"] = build_report(results_dir, papers=papers)
+        written["report"] = build_report(results_dir, papers=papers, sweep_dirs=sweep_dirs)
     return written
 
 
@@ -69,7 +70,8 @@ class AggregateResults(Callback):
             if not (results_dir / "edits").is_dir():
                 continue
             try:
-                written = aggregate(results_dir, papers=papers, report=self.report)
+                written = aggregate(results_dir, papers=papers, report=self.report,
+                                    sweep_dirs=[sweep_dir] if sweep_dir else [])
             except Exception:  # the records are safe on disk; say how to redo the merge
                 log.exception("aggregating %s failed; the records are intact: rerun `bench report %s`",
                               results_dir, results_dir)

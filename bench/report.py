@@ -85,10 +85,13 @@ def table_html(table: pd.DataFrame, caption: str = "") -> str:
     return "\n".join(out)
 
 
-def find_configs(results_dir: Path) -> list[Path]:
-    """Hydra config snapshots of the jobs that wrote into this results dir, newest last."""
+def find_configs(results_dir: Path, sweep_dirs: Iterable[str | Path] = ()) -> list[Path]:
+    """Hydra config snapshots of the jobs that wrote into this results dir (its runs/ and multirun/, the
+    default Hydra output dirs, plus the given sweep dirs), newest last."""
     paths = list(results_dir.glob("runs/*/.hydra/config.yaml")) + list(results_dir.glob("multirun/*/*/.hydra/config.yaml"))
-    return sorted(paths, key=lambda p: p.stat().st_mtime)
+    for sweep in sweep_dirs:
+        paths += list(Path(sweep).glob("*/.hydra/config.yaml"))
+    return sorted(set(paths), key=lambda p: p.stat().st_mtime)
 
 
 def read_overrides(config_path: Path) -> list[str]:
@@ -172,9 +175,10 @@ def _img(uri: str | None, alt: str) -> str:
 
 
 def build_report(results_dir: str | Path, out: str | Path | None = None, papers: Iterable[str] | None = None,
-                 max_rows: int = 24, title: str | None = None) -> Path:
+                 max_rows: int = 24, title: str | None = None, sweep_dirs: Iterable[str | Path] = ()) -> Path:
     """Write the HTML report of ``results_dir`` (default ``<results_dir>/report/index.html``) and return
-    its path. Also (re)writes the trade-off plot (``<results_dir>/plots/``) it embeds."""
+    its path. Also (re)writes the trade-off plot (``<results_dir>/plots/``) it embeds. ``sweep_dirs``:
+    Hydra sweep dirs outside the results dir whose job configs should be shown."""
     results_dir = Path(results_dir)
     if not (results_dir / "edits").is_dir():
         raise FileNotFoundError(f"{results_dir} holds no edit records (expected {results_dir / 'edits'}/); "
@@ -182,7 +186,7 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, papers:
     out = Path(out) if out else results_dir / "report" / "index.html"
     edits = load_edits(results_dir)
     table = summary_table(results_dir, edits)
-    configs = find_configs(results_dir)
+    configs = find_configs(results_dir, sweep_dirs)
     wanted = list(papers) if papers is not None else configured_papers(configs)
     known = paper_tables()
     long = load_long(results_dir, edits) if not edits.empty else pd.DataFrame()
@@ -235,8 +239,9 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, papers:
     parts.append("<h2>Configuration</h2>")
     if configs:
         newest = configs[-1]
+        shown = newest.relative_to(results_dir) if newest.is_relative_to(results_dir) else newest
         parts.append(f"<p class='note'>{len(configs)} job(s). Newest job's composed config "
-                     f"({_esc(newest.relative_to(results_dir))}):</p>")
+                     f"({_esc(shown)}):</p>")
         parts.append(f"<pre>{_esc(newest.read_text(encoding='utf-8'))}</pre>")
         overrides = [" ".join(read_overrides(p)) or "(no overrides)" for p in configs]
         parts.append("<p class='note'>Overrides of every job:</p><pre>"

@@ -64,14 +64,21 @@ def varying_hparams(frame: pd.DataFrame, method: str) -> list[str]:
 def method_defaults(label: str, conf_dir: str | Path | None = None) -> dict[str, Any]:
     """The hyperparameters written in ``conf/method/<label>.yaml`` (the paper defaults), {} if none.
 
-    Only the file's own keys are read (its defaults list, e.g. the scheduler, is ignored)."""
-    path = Path(conf_dir or METHOD_CONF_DIR) / f"{label}.yaml"
+    Presets that extend another method config of the group (``defaults: [ddim, _self_]``) inherit its
+    values; other defaults-list entries (e.g. the scheduler) are ignored."""
+    conf_dir = Path(conf_dir or METHOD_CONF_DIR)
+    path = conf_dir / f"{label}.yaml"
     if not path.is_file():
         return {}
     import yaml
 
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return {k: v for k, v in data.items() if k not in ("defaults", "_target_") and not isinstance(v, dict)}
+    values: dict[str, Any] = {}
+    for entry in data.get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_" and "/" not in entry and entry != label:
+            values.update(method_defaults(entry, conf_dir))
+    values.update({k: v for k, v in data.items() if k not in ("defaults", "_target_") and not isinstance(v, dict)})
+    return values
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -1,0 +1,242 @@
+"""Experiment configs (conf/experiment/*.yaml): every file composes and instantiates for every method of
+its sweep (a case skips, saying which, only while a config it references has not landed yet); the
+trade-off grids resolve at every point; `debug=limit` shrinks any experiment; and experiments run end to
+end on the tiny random model on CPU, producing tables, plot and report."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench import records
+from bench.config import CONF_DIR
+from bench.io import write_json
+from bench.runner import dataset_from_config, method_from_config
+from bench.tables import summary_table
+from conftest import REPO_ROOT, SHARED_DATA, compose_config
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+SWEEP_GROUP = re.compile(r"^\+?(experiment/\w+)@_global_$")
+
+
+def experiment_yaml(name: str) -> dict:
+    return yaml.safe_load((CONF_DIR / "experiment" / f"{name}.yaml").read_text())
+
+
+def sweep_params(name: str) -> dict[str, str]:
+    return dict(((experiment_yaml(name).get("hydra") or {}).get("sweeper") or {}).get("params") or {})
+
+
+def method_axis(name: str) -> tuple[str, list[str]]:
+    """(override key, options) of the experiment's method axis: `method` or a per-method config group."""
+    for key, value in sweep_params(name).items():
+        if key == "method" or SWEEP_GROUP.match(key):
+            return key, [v.strip() for v in str(value).split(",")]
+    raise AssertionError(f"experiment {name} sweeps no method axis: {sweep_params(name)}")
+
+
+def referenced_configs(name: str, option: str) -> list[Path]:
+    """Every config file the (experiment, method option) case needs."""
+    needed = []
+
+    def overrides_of(path: Path) -> None:
+        for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults") or []:
+            if isinstance(entry, dict):
+                for key, value in entry.items():
+                    group = key.replace("override ", "").strip().lstrip("/")
+                    if not group.startswith("hydra"):
+                        needed.append(CONF_DIR / group / f"{value}.yaml")
+
+    overrides_of(CONF_DIR / "experiment" / f"{name}.yaml")
+    key, _ = method_axis(name)
+    if key == "method":
+        needed.append(CONF_DIR / "method" / f"{option}.yaml")
+    else:
+        group_file = CONF_DIR / SWEEP_GROUP.match(key).group(1) / f"{option}.yaml"
+        needed.append(group_file)
+        if group_file.is_file():
+            overrides_of(group_file)
+    return needed
+
+
+def method_override(name: str, option: str) -> str:
+    key, _ = method_axis(name)
+    return f"method={option}" if key == "method" else f"{key if key.startswith('+') else '+' + key}={option}"
+
+
+def skip_if_missing(name: str, option: str) -> None:
+    missing = [str(p.relative_to(REPO_ROOT)) for p in referenced_configs(name, option) if not p.is_file()]
+    if missing:
+        pytest.skip(f"experiment {name} / {option}: referenced configs not there yet: {missing}")
+
+
+CASES = [(name, option) for name in EXPERIMENTS for option in method_axis(name)[1]]
+
+
+def test_the_published_evaluations_each_have_an_experiment():
+    assert {"stylediffusion_table", "ef_ddpm_tradeoff_ti2i", "ef_ddpm_tradeoff_zero_shot", "pie_bench_table",
+            "toy_default"} <= set(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        text = (CONF_DIR / "experiment" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_"), name
+        assert experiment_yaml(name)["hydra"]["mode"] == "MULTIRUN", name  # one command runs the whole table
+        assert experiment_yaml(name)["run_name"] == name, name  # its own results dir
+
+
+@pytest.mark.parametrize("name,option", CASES, ids=[f"{n}-{o}" for n, o in CASES])
+def test_experiment_composes_and_instantiates(name, option, tmp_path):
+    skip_if_missing(name, option)
+    cfg = compose_config([f"experiment={name}", method_override(name, option)], tmp_path)
+    assert cfg.run_name == name
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    method, scheduler = method_from_config(cfg.method)
+    assert cfg.hydra.runtime.choices["method"] == method.name or (CONF_DIR / "method" / f"{option}.yaml").is_file()
+    assert scheduler["num_train_timesteps"] == 1000
+    dataset, shard, num_shards = dataset_from_config(cfg.dataset)
+    assert (shard, num_shards) == (0, 1) and dataset.name
+    from bench.metrics.registry import metric_entries
+
+    ids = [e["id"] if isinstance(e, dict) else e for e in metric_entries(cfg.metrics)]
+    assert ids, f"{name} scores no metric"
+    for paper in cfg.get("paper") or []:
+        assert (REPO_ROOT / "results" / "paper" / f"{paper}.csv").is_file(), paper
+
+
+TRADEOFF_CASES = [(name, option) for name, option in CASES if "tradeoff" in method_axis(name)[0]]
+
+
+@pytest.mark.parametrize("name,option", TRADEOFF_CASES, ids=[f"{n}-{o}" for n, o in TRADEOFF_CASES])
+def test_tradeoff_grid_resolves_at_every_point_and_contains_the_default(name, option, tmp_path):
+    skip_if_missing(name, option)
+    params = sweep_params(name)
+    sizes = {axis: len(range(*map(int, re.match(r"range\((\d+),\s*(\d+)\)", params[f"tradeoff.{axis}"]).groups())))
+             for axis in ("i", "j")}
+    grid_file = yaml.safe_load((CONF_DIR / "experiment" / "tradeoff" / f"{option}.yaml").read_text())
+    assert len(grid_file["tradeoff"]["i_values"]) == sizes["i"] and len(grid_file["tradeoff"]["j_values"]) == sizes["j"]
+    knob_i, knob_j = grid_file["tradeoff"]["knobs"]
+    from bench.tables import method_defaults
+
+    defaults = method_defaults(option)
+    assert defaults[knob_i] in grid_file["tradeoff"]["i_values"], f"{option}: paper default {knob_i} not on the grid"
+    assert defaults[knob_j] in grid_file["tradeoff"]["j_values"], f"{option}: paper default {knob_j} not on the grid"
+    seen = set()
+    composed = compose_config([f"experiment={name}", method_override(name, option)], tmp_path)
+    for i, j in itertools.product(range(sizes["i"]), range(sizes["j"])):
+        cfg = composed.copy()  # = composing with tradeoff.i=i tradeoff.j=j (the grid is interpolated)
+        cfg.tradeoff.i, cfg.tradeoff.j = i, j
+        method, _ = method_from_config(cfg.method)  # validates the hyperparameters of every grid point
+        hp = method.hparams()
+        assert hp[knob_i] == grid_file["tradeoff"]["i_values"][i] and hp[knob_j] == grid_file["tradeoff"]["j_values"][j]
+        seen.add(json.dumps(hp, sort_keys=True))
+    assert len(seen) == sizes["i"] * sizes["j"]  # every point is a distinct job
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_debug_limit_shrinks_any_experiment(name, tmp_path):
+    option = method_axis(name)[1][0]
+    needed = [p for p in referenced_configs(name, option) if p.parent.name not in ("model", "metrics")]
+    if any(not p.is_file() for p in needed):
+        pytest.skip(f"experiment {name}: referenced configs not there yet: {[str(p) for p in needed if not p.is_file()]}")
+    if not (CONF_DIR / "metrics" / "toy.yaml").is_file():
+        pytest.skip("conf/metrics/toy.yaml (debug metrics) not there yet")
+    cfg = compose_config([f"experiment={name}", "debug=limit", method_override(name, option)], tmp_path)
+    assert cfg.model.name == "tiny_random" and cfg.limit == 2 and cfg.runtime.device == "cpu"
+    assert cfg.hydra.runtime.choices["metrics"] == "toy"
+
+
+# ----------------------------------------------------------------------------------------------
+# end to end on the tiny model
+
+needs_zero_shot = pytest.mark.skipif(not (SHARED_DATA / "modified_zero_shot_i2it").is_dir(),
+                                     reason="../shared/data/modified_zero_shot_i2it absent")
+
+
+def fake_scores(results: Path) -> int:
+    """Metric records for every ok edit (LPIPS grows and CLIP grows with the SDEdit strength), standing in
+    for the metric stage, whose real backbones are not available offline."""
+    n = 0
+    for rec in records.iter_edit_records(results):
+        if rec["status"] != "ok":
+            continue
+        strength = rec["method"]["hparams"].get("strength", 0.5)
+        for metric_id, value, scale, higher in (("lpips_alex", 0.1 + strength / 2, 1.0, False),
+                                                ("clip_score", 0.2 + strength / 10, 100.0, True)):
+            write_json(records.metric_record_path(results, metric_id, rec["key"]),
+                       {"edit_key": rec["key"], "metric_id": metric_id, "value": value, "display_scale": scale,
+                        "higher_is_better": higher})
+            n += 1
+    return n
+
+
+@needs_zero_shot
+def test_tradeoff_experiment_multirun_end_to_end_on_tiny_model(tmp_path):
+    """`bench experiment=ef_ddpm_tradeoff_zero_shot debug=limit` restricted to 2 SDEdit grid points × 1 item:
+    the multirun writes records, the multirun-end callback merges tables and report; `bench report` adds
+    the CLIP-vs-LPIPS plot once scores exist."""
+    results = tmp_path / "results"
+    args = ["experiment=ef_ddpm_tradeoff_zero_shot", "debug=limit", "limit=1", "metrics.ids=[]",
+            "+experiment/tradeoff@_global_=sdedit", "tradeoff.i=3,4", "tradeoff.j=1",
+            "method.num_inference_steps=4", f"paths.results_dir={results}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    run = subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]  # two jobs
+    table = summary_table(results)
+    assert sorted(table["point"]) == ["strength=0.8", "strength=1.0"] and list(table["n"]) == [1, 1]
+    assert set(table["method"]) == {"sdedit"}
+    assert "strength=0.8" in (results / "tables" / "summary.md").read_text()
+    report = (results / "report" / "index.html").read_text()  # written by the multirun-end callback
+    assert "ef_ddpm_tradeoff_zero_shot" in report and "tradeoff.i=3" in report  # config + overrides shown
+    assert "a photo of a cat" in report
+
+    assert fake_scores(results) == 4
+    again = subprocess.run([sys.executable, "-m", "bench.cli", "report", str(results)], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (results / "plots" / "tradeoff.png").stat().st_size > 1000 and (results / "plots" / "tradeoff.pdf").is_file()
+    assert "lpips_alex ↓" in (results / "tables" / "summary.md").read_text()
+    assert "CLIP vs LPIPS" in (results / "report" / "index.html").read_text()
+
+
+def toy_metrics_ready() -> str | None:
+    evaluators = REPO_ROOT / "bench" / "toyworld" / "weights" / "evaluators"
+    if not (CONF_DIR / "metrics" / "toy.yaml").is_file() or not evaluators.is_dir():
+        return "toy metrics (conf/metrics/toy.yaml + committed evaluators) not there yet"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_end_to_end_with_debug_limit(name, tmp_path):
+    """Each experiment, one SDEdit job at debug size with the toy metrics: records, metric scores, tables,
+    plot and report (in-process, like `bench experiment=<name> debug=limit`)."""
+    from bench.callbacks import aggregate
+    from bench.runner import run_from_config
+
+    option = "sdedit"
+    if option not in method_axis(name)[1]:
+        pytest.skip(f"{name} has no sdedit job")
+    skip_if_missing(name, option)
+    if reason := toy_metrics_ready():
+        pytest.skip(reason)
+    cfg = compose_config([f"experiment={name}", "debug=limit", "limit=1", method_override(name, option),
+                          "method.num_inference_steps=4"], tmp_path / "results")
+    try:
+        dataset_from_config(cfg.dataset)[0].items()
+    except Exception as err:  # e.g. PIE-Bench is user-supplied
+        pytest.skip(f"{name}: dataset not available here: {err}")
+    summary = run_from_config(cfg)
+    assert summary.ok == 1, summary.failures
+    written = aggregate(tmp_path / "results", papers=list(cfg.get("paper") or []))
+    assert written["tables"]["md"].is_file() and written["report"].is_file()
+    table = summary_table(tmp_path / "results")
+    assert any(c.endswith("↑") and c != "psnr_vs_source ↑" or c.endswith("↓") for c in table.columns)
+    if "lpips_alex" in set(cfg.metrics.ids) and "clip_score" in set(cfg.metrics.ids):
+        assert written["plots"]["png"].is_file()
