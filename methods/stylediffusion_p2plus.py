@@ -1,0 +1,369 @@
+"""StyleDiffusion + P2Plus (Li et al., CVMJ 2024; arXiv 2303.15649), methods spec §2.6.
+
+Re-implemented from the spec's description (the reference repository has no licence).
+
+Inversion
+---------
+1. Image features E(x): CLIP preprocessing ([-1,1] → [0,1] → bicubic resize of the short side to the
+   encoder's ``image_size`` + centre crop → CLIP mean/std) and *all* tokens of the vision tower after
+   the post-layernorm, without projection: (1, L, D) with L = (image_size/patch)² + 1 (ViT-B/16: 197×768;
+   the tiny test encoder: 65×32). Computed once, no grad.
+2. DDIM inversion at w = 1 (conditional pass only), recording at every step k the cross-attention
+   maps A*_k of the down and up layers at SD's 16² (``sd_equivalent_resolution``).
+3. One mapping network M_i per step: Conv1d(L → 2·77, k=1), [Conv1d(154 → 154) + BatchNorm1d(154) +
+   LeakyReLU], Conv1d(154 → 154); its output (1, 154, D) splits into the scale s = out[:, :77] and the
+   shift b = out[:, 77:], and ṽ = c ⊙ s + b replaces the text embedding c on the *value* path of
+   every cross-attention layer in the conditional branch (keys and the unconditional branch keep c).
+4. For i = 0..N−1 (t = timesteps[i], descending), z̄ ← x*_T:
+   - M_i ← copy of M_{i−1} (M_0: PyTorch's default Conv1d init, drawn from the job's generator);
+   - ε_u = ε_θ(z̄, t, ∅) once, no grad (plain null text);
+   - k_i = ceil(num_inner_steps·e^{−0.1 i}) iterations at most (100 → 100, 91, 82, …) of
+     loss = MSE(DDIM_prev(ε_u + w(ε_θ(z̄, t, c; v ← M_i(E(x))) − ε_u)), x*_{t−Δ})
+            + λ_attn · Σ_layers MSE(Â_i, A), A = this pass's 16² cross maps,
+     with a fresh Adam(M_i, lr 1e-2·(1 − i/100)) and the NTI early stop loss < ε + i·2e-5
+     (``methods.null_text_p2p.optimise_timestep``);
+   - z̄ ← DDIM_prev with the trained M_i (no grad).
+
+Reproduced quirks: the target maps Â_i are those recorded by the inversion step whose *input* was the
+latent z̄ starts from (the reference indexes them by N − i, which at i = 0 is the duplicated last
+entry, i.e. inversion step N−1); see ``target_maps_index``. ε_u is reused for the update of z̄ (the
+reference recomputes it with the same inputs).
+
+BatchNorm1d: the reference builds the mapping networks in train mode and never switches them to eval,
+in optimisation *and* in editing; with a batch of 1 the statistics are taken over the D feature
+positions of each of the 154 channels, and the running statistics are never read. ``track_running_stats
+=False`` gives exactly those outputs in either mode and leaves no buffers to store.
+
+Editing (P2Plus)
+----------------
+The batch [source, target] from x*_T with w for both branches and the plain ∅ (LOW_RESOURCE=True in the
+reference: separate unconditional/conditional passes; batched here, same math), with a P2P controller
+extended by ``P2PlusController``:
+- τ_v (``value_replace_steps``): the source branch uses M_i at every step; the target branch only for
+  i < N·τ_v, then its plain embedding;
+- τ_c (``cross_replace_steps``): P2P cross-attention replacement, rows [0, int(τ_c·(N+1)));
+- τ_s (``self_replace_steps``): self-attention replacement for steps < int(N·τ_s) in the conditional
+  branch on maps ≤ 32² (SD size; P2P uses 16²);
+- τ_u (``uncond_self_replace_steps``): the same replacement in the unconditional branch.
+
+Cost: inversion N forward passes (DDIM) + Σ_i (k_i + 2) forward and Σ_i k_i backward UNet passes
+(k_i = ``Inversion.meta["iterations"][i]``) + one image-encoder pass; editing 4N.
+
+Stored in the Inversion: ``x_T``, ``image_features`` E(x) and the mapping networks as flat tensors
+``mapping.<i>.<parameter name>``; editing needs no image encoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.attention import (
+    MAX_TOKENS,
+    AttentionController,
+    AttentionLayer,
+    P2PController,
+    attention_control,
+    sd_equivalent_resolution,
+    step_window,
+)
+from methods.base import HyperparameterError, Inversion, check_range
+from methods.null_text_p2p import NullTextP2P, TimestepFit, fit_meta, optimise_timestep
+from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_step
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+ATTENTION_LOSS_SD_RESOLUTION = 16  # the 16² cross maps of the down and up blocks (SD size)
+ATTENTION_LOSS_PLACES = ("down", "up")
+
+
+# ----------------------------------------------------------------------------------------------
+# image features
+
+
+def clip_image_tokens(encoder, image: torch.Tensor) -> torch.Tensor:
+    """E(x) = post_layernorm(all tokens of the CLIP vision tower), (B, L, D) in fp32.
+
+    image (B,3,H,W) in [-1,1] → [0,1] → resize (short side → image_size, bicubic, no antialias: the
+    reference applies torchvision's Resize to a tensor, whose default then was no antialias) → centre
+    crop → CLIP mean/std.
+    """
+    size = int(encoder.config.image_size)
+    x = (image.float() + 1) / 2
+    height, width = x.shape[-2:]
+    short = min(height, width)
+    resized = (size * height // short, size * width // short)
+    x = F.interpolate(x, size=resized, mode="bicubic", align_corners=False, antialias=False)
+    top, left = round((resized[0] - size) / 2), round((resized[1] - size) / 2)
+    x = x[..., top:top + size, left:left + size]
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+    pixels = ((x - mean) / std).to(device=encoder.device, dtype=encoder.dtype)
+    hidden = encoder(pixel_values=pixels).last_hidden_state
+    return encoder.post_layernorm(hidden).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# the mapping network
+
+
+class MappingNetwork(nn.Module):
+    """M_i: image tokens (B, L, D) → (scale s, shift b), each (B, 77, D). One block (BLOCK_NUM = 1)."""
+
+    def __init__(self, num_tokens: int, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        width = 2 * MAX_TOKENS  # 154 = scale rows + shift rows
+
+        def make(cls, *args, **kwargs):  # no init here (no draw from the global RNG): see ``initialise``
+            return torch.nn.utils.skip_init(cls, *args, device=device, **kwargs)
+
+        self.conv_start = make(nn.Conv1d, num_tokens, width, kernel_size=1)
+        self.conv_block = nn.Sequential(
+            make(nn.Conv1d, width, width, kernel_size=1),
+            make(nn.BatchNorm1d, width, affine=True, track_running_stats=False),  # batch statistics, see module doc
+            nn.LeakyReLU(),
+        )
+        self.conv_end = make(nn.Conv1d, width, width, kernel_size=1)
+
+    def initialise(self, generator: torch.Generator) -> "MappingNetwork":
+        """PyTorch's default init drawn from ``generator``: Conv1d weight and bias ~ U(±1/√fan_in)
+        (= kaiming_uniform(a=√5)); BatchNorm weight 1, bias 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d):
+                bound = 1 / math.sqrt(module.in_channels * module.kernel_size[0])
+                for param in (module.weight, module.bias):
+                    values = torch.empty(param.shape).uniform_(-bound, bound, generator=generator)
+                    param.data.copy_(values)
+            elif isinstance(module, nn.BatchNorm1d):
+                module.reset_parameters()
+        return self
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.conv_end(self.conv_block(self.conv_start(features)))
+        return out[:, :MAX_TOKENS], out[:, MAX_TOKENS:]
+
+
+def styled_value(context: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """ṽ = c ⊙ s + b (computed in fp32, returned in the context's dtype)."""
+    return (context.float() * scale + shift).to(context.dtype)
+
+
+def mapping_tensors(networks: list[MappingNetwork]) -> dict[str, torch.Tensor]:
+    """Flat named tensors ``mapping.<i>.<name>`` of every step's network."""
+    return {f"mapping.{i}.{name}": value.detach() for i, net in enumerate(networks)
+            for name, value in net.state_dict().items()}
+
+
+def load_mapping_networks(inversion: Inversion, num_steps: int) -> list[MappingNetwork]:
+    """The networks stored by ``mapping_tensors`` (fp32, eval mode, no grad)."""
+    features = inversion.tensors["image_features"]
+    networks = []
+    for i in range(num_steps):
+        prefix = f"mapping.{i}."
+        state = {k[len(prefix):]: v.float() for k, v in inversion.tensors.items() if k.startswith(prefix)}
+        net = MappingNetwork(features.shape[1], device=features.device)
+        net.load_state_dict(state)
+        networks.append(net.eval().requires_grad_(False))
+    return networks
+
+
+def target_maps_index(step_index: int, num_steps: int) -> int:
+    """Which inversion step's maps supervise optimisation step i: N − i, with N → N − 1 (reference pairing;
+    inversion step k evaluated ε_θ(x*_k, ·), and optimisation step i starts from z̄ ≈ x*_{N−i})."""
+    return min(num_steps - step_index, num_steps - 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# attention controllers
+
+
+class ValueInjectionRecorder(AttentionController):
+    """Optimisation-time control (conditional-only UNet batches of one prompt).
+
+    ``scale_shift`` = (s, b) or None: when set, the value input of every cross-attention layer is
+    ṽ = c ⊙ s + b. ``maps`` holds, for the last UNet call, the cross-attention probabilities of the
+    layers the attention loss uses (kept in the graph, so the loss reaches M_i through them).
+    """
+
+    def __init__(self, resolution: int) -> None:
+        super().__init__(num_branches=1)
+        self.resolution = resolution
+        self.scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.maps: dict[str, torch.Tensor] = {}
+
+    def records(self, layer: AttentionLayer) -> bool:
+        return layer.is_cross and layer.place in ATTENTION_LOSS_PLACES and layer.resolution == self.resolution
+
+    def needs_probabilities(self, layer: AttentionLayer) -> bool:
+        return self.records(layer)
+
+    def process(self, probs: torch.Tensor, layer: AttentionLayer) -> torch.Tensor:
+        probs = super().process(probs, layer)
+        self.maps[layer.name] = self.split_batch(probs)[1]
+        return probs
+
+    def value_context(self, context: torch.Tensor, layer: AttentionLayer) -> torch.Tensor:
+        return context if self.scale_shift is None else styled_value(context, *self.scale_shift)
+
+
+class P2PlusController(P2PController):
+    """P2P + StyleDiffusion's value path (τ_v) + self-attention replacement in the unconditional branch (τ_u).
+
+    ``value_scale_shift[i]`` = M_i(E(x)); ``value_steps`` = N·τ_v (the target branch uses M_i while
+    i < N·τ_v); ``uncond_self_window`` = [int(N·u0), int(N·u1)) steps of unconditional replacement, on
+    the same maps as the conditional one (≤ ``self_max_resolution``²).
+    """
+
+    def __init__(self, *args, value_scale_shift: list[tuple[torch.Tensor, torch.Tensor]], value_steps: float,
+                 uncond_self_window: tuple[int, int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.value_scale_shift = value_scale_shift
+        self.value_steps = value_steps
+        self.uncond_self_window = uncond_self_window
+
+    def replaces_uncond_self(self, layer: AttentionLayer) -> bool:
+        start, end = self.uncond_self_window
+        return not layer.is_cross and layer.resolution <= self.self_max_resolution and start <= self.cur_step < end
+
+    def needs_probabilities(self, layer: AttentionLayer) -> bool:
+        return super().needs_probabilities(layer) or self.replaces_uncond_self(layer)
+
+    def edit_unconditional(self, probs: torch.Tensor, layer: AttentionLayer) -> torch.Tensor:
+        return self.replace_self_attention(probs) if self.replaces_uncond_self(layer) else probs
+
+    def value_context(self, context: torch.Tensor, layer: AttentionLayer) -> torch.Tensor:
+        uncond, cond = self.split_batch(context)
+        styled = styled_value(cond, *self.value_scale_shift[self.cur_step])
+        if self.cur_step >= self.value_steps:  # τ_v: past N·τ_v the targets take their plain embedding
+            styled = torch.cat([styled[:1], cond[1:]])
+        return styled if uncond is None else torch.cat([uncond, styled])
+
+
+# ----------------------------------------------------------------------------------------------
+# the method
+
+
+def _window_spec(owner: object, name: str):
+    """A replacement-steps hparam given as a fraction or a [start, end] pair of fractions."""
+    value = getattr(owner, name)
+    value = value if isinstance(value, (int, float)) else tuple(value)
+    try:
+        step_window(value, 1)
+    except (TypeError, ValueError) as err:
+        raise HyperparameterError(f"{type(owner).__name__}.{name}={value!r}: expected a fraction in [0, 1] or a pair "
+                                  f"[start, end] of fractions ({err})") from err
+    return value
+
+
+@dataclass
+class StyleDiffusionP2Plus(NullTextP2P):
+    """StyleDiffusion inversion (per-step value mapping networks), then P2Plus editing.
+
+    Defaults: StyleDiffusion CLI (`stylediffusion.py` L26-37, L978-994; methods spec §2.6): 30 steps,
+    w 7.5, num_inner_steps 100 with ceil(100·e^{−0.1 i}) per step, ε 1e-5, attention loss weight 1,
+    τ_v .6, τ_c .6, τ_s .8 (≤ 32²), τ_u .5.
+    """
+
+    name = "stylediffusion_p2plus"
+    version = "1"
+    inversion_fields = NullTextP2P.inversion_fields + ("attention_loss_weight",)
+
+    num_inference_steps: int = 30  # NUM_DDIM_STEPS (PnPInversion's PIE-Bench re-run: 50)
+    num_inner_steps: int = 100  # --num_inner_steps: the budget of step 0; step i gets ceil(n·e^{−0.1 i})
+    attention_loss_weight: float = 1.0  # λ_attn (latent:attention = 1:1; 0 = --w_attnloss off)
+    cross_replace_steps: float | tuple[float, float] | dict[str, float | tuple[float, float]] = 0.6  # τ_c
+    self_replace_steps: float | tuple[float, float] = 0.8  # τ_s
+    self_replace_max_resolution: int = 32  # P2Plus replaces self-attention up to 32² (P2P: 16²)
+    value_replace_steps: float = 0.6  # τ_v
+    uncond_self_replace_steps: float | tuple[float, float] = 0.5  # τ_u
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "attention_loss_weight", 0.0, 1e6)
+        check_range(self, "value_replace_steps", 0.0, 1.0)
+        self.uncond_self_replace_steps = _window_spec(self, "uncond_self_replace_steps")
+
+    def inner_step_budgets(self) -> list[int]:
+        """k_i^max = ceil(num_inner_steps · e^{−0.1 i}) (reference `optimization`)."""
+        return [math.ceil(self.num_inner_steps * math.exp(-0.1 * i)) for i in range(self.num_inference_steps)]
+
+    # inversion ---------------------------------------------------------------------------
+    def invert(self, pipe, image, source_prompt, generator) -> Inversion:
+        pipe.scheduler.set_timesteps(self.num_inference_steps)
+        cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
+        with torch.no_grad():
+            features = clip_image_tokens(pipe.get_image_encoder(), image.to(pipe.device))  # E(x)
+        if features.shape[-1] != cond.shape[-1]:
+            raise ValueError(f"{type(self).__name__}: the image encoder's width {features.shape[-1]} differs from the "
+                             f"text embedding width {cond.shape[-1]}; ṽ = c ⊙ s + b needs them equal "
+                             "(SD v1: CLIP ViT-B/16, 768)")
+        control = ValueInjectionRecorder(sd_equivalent_resolution(pipe.unet, ATTENTION_LOSS_SD_RESOLUTION))
+        inversion_maps: list[dict[str, torch.Tensor]] = []
+
+        def keep_maps(latents: torch.Tensor) -> torch.Tensor:  # A*_k of inversion step k
+            inversion_maps.append(control.maps)
+            control.maps = {}
+            return latents
+
+        with attention_control(pipe, control):
+            with torch.no_grad():
+                trajectory = ddim_inversion_loop(pipe, pipe.encode_image(image), cond, uncond, 1.0, on_step=keep_maps)
+            networks, fits = self.mapping_optimisation(pipe, control, trajectory, inversion_maps, features, cond,
+                                                       uncond, generator)
+        return Inversion({"x_T": trajectory[-1], "image_features": features, **mapping_tensors(networks)},
+                         {"timesteps": [int(t) for t in pipe.scheduler.timesteps], **fit_meta(fits),
+                          "image_tokens": int(features.shape[1])})
+
+    def mapping_optimisation(self, pipe, control: ValueInjectionRecorder, trajectory: list[torch.Tensor],
+                             inversion_maps: list[dict[str, torch.Tensor]], features: torch.Tensor, cond: torch.Tensor,
+                             uncond: torch.Tensor, generator: torch.Generator,
+                             ) -> tuple[list[MappingNetwork], list[TimestepFit]]:
+        """Train M_0..M_{N−1} in turn (module doc, step 4)."""
+        scheduler, w, n = pipe.scheduler, self.guidance_scale, self.num_inference_steps
+        network = MappingNetwork(features.shape[1], device=features.device).initialise(generator)
+        latent, networks, fits = trajectory[-1], [], []
+        for i, (t, budget) in enumerate(zip(scheduler.timesteps, self.inner_step_budgets())):
+            if i > 0:
+                network = copy.deepcopy(network)  # M_i ← M_{i−1}
+            target = trajectory[len(trajectory) - i - 2]  # x*_{t−Δ}
+            target_maps = inversion_maps[target_maps_index(i, n)]  # Â_i
+            control.scale_shift = None
+            with torch.no_grad():
+                eps_uncond = pipe.unet_eps(latent, t, uncond)  # ε_u, plain ∅
+
+            def loss_fn(latent=latent, t=t, eps_uncond=eps_uncond, target=target, target_maps=target_maps,
+                        network=network) -> torch.Tensor:
+                control.scale_shift, control.maps = network(features), {}
+                eps = classifier_free_guidance(eps_uncond, pipe.unet_eps(latent, t, cond), w)
+                latent_loss = F.mse_loss(ddim_step(scheduler, eps, int(t), latent), target)
+                attention_loss = sum(F.mse_loss(control.maps[name], ref) for name, ref in target_maps.items())
+                return latent_loss + self.attention_loss_weight * attention_loss
+
+            network.train().requires_grad_(True)
+            fits.append(optimise_timestep(network.parameters(), loss_fn, i, budget, self.early_stop_epsilon))
+            network.eval().requires_grad_(False)
+            with torch.no_grad():  # z̄ ← DDIM_prev(ε_u + w(ε_θ(z̄, t, c; M_i) − ε_u))
+                control.scale_shift = network(features)
+                eps = classifier_free_guidance(eps_uncond, pipe.unet_eps(latent, t, cond), w)
+                latent = ddim_step(scheduler, eps, int(t), latent)
+            networks.append(network)
+        control.scale_shift = None
+        return networks, fits
+
+    # editing -----------------------------------------------------------------------------
+    def unconditional_embeddings(self, pipe, inversion: Inversion) -> torch.Tensor:
+        """The plain null text for both branches (StyleDiffusion does not optimise ∅)."""
+        return pipe.encode_prompts(["", ""])
+
+    @torch.no_grad()
+    def edit_controller(self, pipe, inversion: Inversion, item) -> P2PController:
+        features = inversion.tensors["image_features"].float()
+        scale_shift = [net(features) for net in load_mapping_networks(inversion, self.num_inference_steps)]
+        n = self.num_inference_steps
+        return self.p2p_controller(pipe, item, n, controller_class=P2PlusController, value_scale_shift=scale_shift,
+                                   value_steps=n * self.value_replace_steps,
+                                   uncond_self_window=step_window(self.uncond_self_replace_steps, n))
