@@ -1,0 +1,106 @@
+"""Launchers (conf/launcher/) and the multirun-end aggregation: a joblib multirun of 2 methods × 2 shards
+merges into the same table as the sequential run; the SLURM/submitit configs compose with the fields a
+cluster needs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import records
+from bench.config import CONF_DIR
+from bench.tables import summary_table
+from conftest import REPO_ROOT, compose_config
+from test_runner import dataset_overrides, write_yaml_dataset
+
+
+def two_methods() -> list[str]:
+    """Two method configs of the registry that run on the tiny model with `num_inference_steps`."""
+    if (CONF_DIR / "method" / "ddim.yaml").is_file():
+        return ["method=sdedit,ddim"]
+    return ["method=sdedit", "method.strength=0.5,0.9"]  # before ddim.yaml existed: 2 SDEdit points
+
+
+def bench(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def comparable(table):
+    """The table without wall-clock columns (timings differ between runs)."""
+    return table.drop(columns=["s/item"]).sort_values(["method", "point"]).reset_index(drop=True)
+
+
+def test_joblib_multirun_over_methods_and_shards_merges_into_the_sequential_table(tmp_path):
+    data = write_yaml_dataset((tmp_path / "data").mkdir() or tmp_path / "data", n_images=2)
+    # one intra-op thread in every job: CPU kernels reduce in thread-count-dependent order, and joblib
+    # (loky) workers get fewer threads than the sequential process
+    common = ["model=tiny_random", "method.num_inference_steps=3", *dataset_overrides(data), "runtime.progress=false",
+              "runtime.num_threads=1"]
+    parallel = bench(["-m", "launcher=joblib", "hydra.launcher.n_jobs=2", *common, *two_methods(),
+                      "dataset.num_shards=2", "dataset.shard=0,1", "tables=false",
+                      f"paths.results_dir={tmp_path / 'parallel'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    assert "JoblibLauncher" in parallel.stdout + parallel.stderr or len(list((tmp_path / "sweep").glob("*/"))) == 4
+    jobs = sorted((tmp_path / "sweep").glob("*/.hydra/overrides.yaml"))
+    assert len(jobs) == 4  # 2 methods × 2 shards
+    # each job wrote per-item records only; the merged table comes from the multirun-end callback
+    merged = tmp_path / "parallel" / "tables" / "summary.csv"
+    assert merged.is_file() and (tmp_path / "parallel" / "report" / "index.html").is_file()
+
+    sequential = bench(["-m", *common, *two_methods(), f"paths.results_dir={tmp_path / 'sequential'}",
+                        f"hydra.sweep.dir={tmp_path / 'sweep_seq'}"])
+    assert sequential.returncode == 0, sequential.stderr[-3000:]
+    a, b = summary_table(tmp_path / "parallel"), summary_table(tmp_path / "sequential")
+    assert len(a) == 2 and list(a["n"]) == [2, 2]  # both shards of each method are in the one table
+    pd.testing.assert_frame_equal(comparable(a), comparable(b), check_exact=True)
+    keys = lambda root: sorted(r["key"] for r in records.iter_edit_records(root))  # noqa: E731
+    assert keys(tmp_path / "parallel") == keys(tmp_path / "sequential")
+    pngs = lambda root: {p.name: p.read_bytes() for p in sorted(root.glob("edits/*/*.png"))}  # noqa: E731
+    assert pngs(tmp_path / "parallel") == pngs(tmp_path / "sequential")
+    assert comparable(pd.read_csv(merged)).shape == comparable(b).shape
+
+
+@pytest.mark.parametrize("launcher,target", [("joblib", "JoblibLauncher"), ("submitit_slurm", "SlurmLauncher"),
+                                             ("submitit_local", "LocalLauncher"), ("local", "BasicLauncher")])
+def test_launcher_configs_compose(launcher, target, tmp_path):
+    cfg = compose_config([f"launcher={launcher}"], tmp_path)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "submitit_slurm":
+        launch = cfg.hydra.launcher
+        assert launch.gpus_per_node == 1 and launch.timeout_min > 0 and launch.array_parallelism > 0
+        assert "partition" in launch and launch.tasks_per_node == 1
+        assert cfg.runtime.device == "cuda"
+    assert cfg.hydra.callbacks.aggregate._target_ == "bench.callbacks.AggregateResults"
+
+
+def test_slurm_sweep_with_shards_composes_with_an_experiment(tmp_path):
+    cfg = compose_config(["experiment=ef_ddpm_tradeoff_ti2i", "launcher=submitit_slurm", "dataset.num_shards=8",
+                          "hydra.launcher.partition=gpu"], tmp_path)
+    assert cfg.hydra.launcher.partition == "gpu" and cfg.dataset.num_shards == 8
+    assert cfg.hydra.launcher.name == "editbench-ef_ddpm_tradeoff_ti2i"
+
+
+def test_callback_aggregates_every_results_dir_of_the_sweep(tmp_path):
+    """The callback reads each job's saved config for its results dir (jobs may write to different ones)."""
+    from omegaconf import OmegaConf
+
+    from bench.callbacks import AggregateResults, job_results_dirs
+    from test_tables import add_edit
+
+    for n, run in enumerate(["a", "b"]):
+        add_edit(tmp_path / run, f"k{n}", "sdedit", "img0/0")
+        job = tmp_path / "sweep" / str(n) / ".hydra"
+        job.mkdir(parents=True)
+        (job / "config.yaml").write_text(f"paths:\n  results_dir: {tmp_path / run}\n")
+    assert job_results_dirs(tmp_path / "sweep") == [tmp_path / "a", tmp_path / "b"]
+    config = OmegaConf.create({"paths": {"results_dir": str(tmp_path / "a")},
+                               "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    AggregateResults().on_multirun_end(config)
+    for run in ("a", "b"):
+        assert (tmp_path / run / "tables" / "summary.md").is_file()
+        assert (tmp_path / run / "report" / "index.html").is_file()
