@@ -3,9 +3,10 @@
 ``log_results(cfg, results_dir, summary)`` is called by ``bench.runner.run_from_config`` after the job
 (edits, metrics, tables). It logs, in one W&B run per job:
 
-- the resolved config (a plain dict: W&B cannot take a DictConfig);
+- the resolved config (a plain dict: W&B cannot take a DictConfig; also as editbench_config.yaml);
 - ``edits``: a ``wandb.Table`` with one row per edit record of this job (item, prompts, point, seed,
-  status, source and edited images for the first ``max_images`` rows, every metric value);
+  status, source and edited images for the first ``max_images`` rows, every metric value), and
+  those edited images as an ``edited_images`` media panel;
 - summary metrics: the job's counts and cost, and the mean of every metric over its ok items;
 - the results dir's ``tables/`` as an ``eval_results`` artifact.
 
@@ -107,6 +108,20 @@ def build_table(records: pd.DataFrame, results_dir: Path, max_images: int):
     return table, means
 
 
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The job config as a plain resolved dict, without Hydra's own node (W&B cannot take a DictConfig)."""
+    from omegaconf import open_dict
+
+    plain = cfg.copy()
+    with open_dict(plain):
+        plain.pop("hydra", None)
+    try:
+        return OmegaConf.to_container(plain, resolve=True, throw_on_missing=False)
+    except Exception as err:  # an interpolation that only resolves inside a running Hydra app
+        log.warning("W&B: logging the config unresolved (%s)", err)
+        return OmegaConf.to_container(plain, resolve=False)
+
+
 def _artifact_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:120] or "results"
 
@@ -122,8 +137,7 @@ def log_results(cfg: DictConfig, results_dir: str | Path, summary: Any) -> str |
 
     results_dir = Path(results_dir)
     logger = OmegaConf.to_container(cfg.logger, resolve=True)
-    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    config.pop("hydra", None)
+    config = resolved_config(cfg)
     label = method_label(cfg)
     job = summary.as_dict() if hasattr(summary, "as_dict") else dict(summary or {})
     run_dir = Path(logger.get("dir") or results_dir)
@@ -134,9 +148,16 @@ def log_results(cfg: DictConfig, results_dir: str | Path, summary: Any) -> str |
     exit_code = 1
     try:
         records = job_records(cfg, results_dir)
+        # the resolved config also as a file of the run (W&B's Files tab; readable in offline run dirs)
+        if getattr(run, "dir", None) and not run.disabled:
+            (Path(run.dir) / "editbench_config.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
         if not records.empty:
-            table, means = build_table(records, results_dir, int(logger.get("max_images", 64)))
-            run.log({"edits": table})
+            max_images = int(logger.get("max_images", 64))
+            table, means = build_table(records, results_dir, max_images)
+            ok = records[(records["status"] == "ok") & records["edited"].notna()].head(max_images)
+            images = [wandb.Image(str(results_dir / r["edited"]), caption=f"{r['item_id']}: {r['target_prompt']}")
+                      for _, r in ok.iterrows()]
+            run.log({"edits": table, **({"edited_images": images} if images else {})})
             run.summary.update(means)
         run.summary.update({f"job/{k}": v for k, v in job.items() if isinstance(v, (int, float))})
         run.summary["job/items_logged"] = len(records)
