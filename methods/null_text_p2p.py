@@ -108,7 +108,7 @@ class NullTextP2P(P2PEditHparams, Method):
         check_range(self, "num_inference_steps", 1, 1000)
         check_range(self, "guidance_scale", 0.0, 100.0)
         check_range(self, "num_inner_steps", 1, 100_000)
-        check_range(self, "early_stop_epsilon", 0.0, 1.0)
+        check_range(self, "early_stop_epsilon", 0.0, 1e6)
         self.check_p2p_hparams()
 
     # inversion ---------------------------------------------------------------------------

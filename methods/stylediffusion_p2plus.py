@@ -112,15 +112,22 @@ def clip_image_tokens(encoder, image: torch.Tensor) -> torch.Tensor:
 
 
 class MappingNetwork(nn.Module):
-    """M_i: image tokens (B, L, D) → (scale s, shift b), each (B, 77, D). One block (BLOCK_NUM = 1)."""
+    """M_i: image tokens (B, L, D_img) → (scale s, shift b), each (B, 77, D_txt). One block (BLOCK_NUM = 1).
 
-    def __init__(self, num_tokens: int, device: torch.device | str = "cpu") -> None:
+    SD v1 + CLIP ViT-B/16 have D_img = D_txt = 768 and the network is the reference one. An encoder of
+    another width (the toy world's: 96 vs 128) gets a ``feature_adapter`` Linear(D_img → D_txt) on the
+    tokens first — an addition of this harness, absent when the widths agree.
+    """
+
+    def __init__(self, num_tokens: int, feature_width: int, context_width: int,
+                 device: torch.device | str = "cpu") -> None:
         super().__init__()
         width = 2 * MAX_TOKENS  # 154 = scale rows + shift rows
 
         def make(cls, *args, **kwargs):  # no init here (no draw from the global RNG): see ``initialise``
             return torch.nn.utils.skip_init(cls, *args, device=device, **kwargs)
 
+        self.feature_adapter = make(nn.Linear, feature_width, context_width) if feature_width != context_width else None
         self.conv_start = make(nn.Conv1d, num_tokens, width, kernel_size=1)
         self.conv_block = nn.Sequential(
             make(nn.Conv1d, width, width, kernel_size=1),
@@ -130,11 +137,11 @@ class MappingNetwork(nn.Module):
         self.conv_end = make(nn.Conv1d, width, width, kernel_size=1)
 
     def initialise(self, generator: torch.Generator) -> "MappingNetwork":
-        """PyTorch's default init drawn from ``generator``: Conv1d weight and bias ~ U(±1/√fan_in)
+        """PyTorch's default init drawn from ``generator``: Conv1d/Linear weight and bias ~ U(±1/√fan_in)
         (= kaiming_uniform(a=√5)); BatchNorm weight 1, bias 0."""
         for module in self.modules():
-            if isinstance(module, nn.Conv1d):
-                bound = 1 / math.sqrt(module.in_channels * module.kernel_size[0])
+            if isinstance(module, (nn.Conv1d, nn.Linear)):
+                bound = 1 / math.sqrt(module.weight[0].numel())  # fan_in
                 for param in (module.weight, module.bias):
                     values = torch.empty(param.shape).uniform_(-bound, bound, generator=generator)
                     param.data.copy_(values)
@@ -143,6 +150,8 @@ class MappingNetwork(nn.Module):
         return self
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.feature_adapter is not None:
+            features = self.feature_adapter(features)
         out = self.conv_end(self.conv_block(self.conv_start(features)))
         return out[:, :MAX_TOKENS], out[:, MAX_TOKENS:]
 
@@ -158,14 +167,14 @@ def mapping_tensors(networks: list[MappingNetwork]) -> dict[str, torch.Tensor]:
             for name, value in net.state_dict().items()}
 
 
-def load_mapping_networks(inversion: Inversion, num_steps: int) -> list[MappingNetwork]:
+def load_mapping_networks(inversion: Inversion, num_steps: int, context_width: int) -> list[MappingNetwork]:
     """The networks stored by ``mapping_tensors`` (fp32, eval mode, no grad)."""
     features = inversion.tensors["image_features"]
     networks = []
     for i in range(num_steps):
         prefix = f"mapping.{i}."
         state = {k[len(prefix):]: v.float() for k, v in inversion.tensors.items() if k.startswith(prefix)}
-        net = MappingNetwork(features.shape[1], device=features.device)
+        net = MappingNetwork(features.shape[1], features.shape[2], context_width, device=features.device)
         net.load_state_dict(state)
         networks.append(net.eval().requires_grad_(False))
     return networks
@@ -297,10 +306,6 @@ class StyleDiffusionP2Plus(NullTextP2P):
         cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
         with torch.no_grad():
             features = clip_image_tokens(pipe.get_image_encoder(), image.to(pipe.device))  # E(x)
-        if features.shape[-1] != cond.shape[-1]:
-            raise ValueError(f"{type(self).__name__}: the image encoder's width {features.shape[-1]} differs from the "
-                             f"text embedding width {cond.shape[-1]}; ṽ = c ⊙ s + b needs them equal "
-                             "(SD v1: CLIP ViT-B/16, 768)")
         control = ValueInjectionRecorder(sd_equivalent_resolution(pipe.unet, ATTENTION_LOSS_SD_RESOLUTION))
         inversion_maps: list[dict[str, torch.Tensor]] = []
 
@@ -324,7 +329,7 @@ class StyleDiffusionP2Plus(NullTextP2P):
                              ) -> tuple[list[MappingNetwork], list[TimestepFit]]:
         """Train M_0..M_{N−1} in turn (module doc, step 4)."""
         scheduler, w, n = pipe.scheduler, self.guidance_scale, self.num_inference_steps
-        network = MappingNetwork(features.shape[1], device=features.device).initialise(generator)
+        network = MappingNetwork(*features.shape[1:], cond.shape[-1], device=features.device).initialise(generator)
         latent, networks, fits = trajectory[-1], [], []
         for i, (t, budget) in enumerate(zip(scheduler.timesteps, self.inner_step_budgets())):
             if i > 0:
@@ -362,8 +367,8 @@ class StyleDiffusionP2Plus(NullTextP2P):
     @torch.no_grad()
     def edit_controller(self, pipe, inversion: Inversion, item) -> P2PController:
         features = inversion.tensors["image_features"].float()
-        scale_shift = [net(features) for net in load_mapping_networks(inversion, self.num_inference_steps)]
-        n = self.num_inference_steps
+        n, context_width = self.num_inference_steps, pipe.encode_prompts([""]).shape[-1]
+        scale_shift = [net(features) for net in load_mapping_networks(inversion, n, context_width)]
         return self.p2p_controller(pipe, item, n, controller_class=P2PlusController, value_scale_shift=scale_shift,
                                    value_steps=n * self.value_replace_steps,
                                    uncond_self_window=step_window(self.uncond_self_replace_steps, n))

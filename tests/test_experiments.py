@@ -52,7 +52,7 @@ def referenced_configs(name: str, option: str) -> list[Path]:
                 for key, value in entry.items():
                     group = key.replace("override ", "").strip().lstrip("/")
                     if not group.startswith("hydra"):
-                        needed.append(CONF_DIR / group / f"{value}.yaml")
+                        needed.extend(CONF_DIR / group / f"{v}.yaml" for v in (value if isinstance(value, list) else [value]))
 
     overrides_of(CONF_DIR / "experiment" / f"{name}.yaml")
     key, _ = method_axis(name)
@@ -149,6 +149,10 @@ def test_debug_limit_shrinks_any_experiment(name, tmp_path):
     cfg = compose_config([f"experiment={name}", "debug=limit", method_override(name, option)], tmp_path)
     assert cfg.model.name == "tiny_random" and cfg.limit == 2 and cfg.runtime.device == "cpu"
     assert cfg.hydra.runtime.choices["metrics"] == "toy"
+    assert list(cfg.metrics.ids) == ["lpips_alex", "clip_score", "structure_dist"]
+    assert set(cfg.metrics.ids) <= set(cfg.metrics.registry)  # all on the toy evaluators, nothing to download
+    preset = yaml.safe_load((CONF_DIR / "debug" / "limit.yaml").read_text())
+    assert "/debug/${run_name}" in preset["paths"]["results_dir"]  # smoke runs never mix with real results
 
 
 # ----------------------------------------------------------------------------------------------
