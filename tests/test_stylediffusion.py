@@ -12,7 +12,6 @@ from PIL import Image
 
 from bench import records
 from bench.data.item import EditItem
-from bench.models import load_pipeline
 from bench.runner import EditJob, method_from_config
 from conftest import SCHEDULER_OFFSET0
 from methods.attention import attention_control, sd_equivalent_resolution
@@ -27,26 +26,11 @@ from methods.stylediffusion_p2plus import (
     styled_value,
     target_maps_index,
 )
+from test_null_text import PROMPT, one_thread, pipe  # noqa: F401  (fixtures: single thread, DDIM steps_offset 0)
 from test_runner import ListDataset
 
-PROMPT = "a red circle on a blue background"
 TARGET = "a red square on a blue background"
 SMALL = dict(num_inference_steps=4, num_inner_steps=5)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny UNet is fastest single-threaded on the shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def pipe(tiny_model_cfg):
-    """The tiny pipeline with the hand-built DDIM (steps_offset 0) of the StyleDiffusion configs."""
-    return load_pipeline(tiny_model_cfg, SCHEDULER_OFFSET0)
 
 
 def item(target: str = TARGET) -> EditItem:
