@@ -11,8 +11,8 @@ import torch
 
 TINY = ["--pool-size", "48", "--eval-size", "16", "--ckpt-every", "1", "--samples", "4", "--sample-steps", "2",
         "--threads", "1"]
-STEPS = {"clip": 2, "vae": 2, "unet": 2, "eval-clip": 2, "eval-vit": 2, "eval-alex": 2}
-BATCH = {"clip": 8, "vae": 2, "unet": 4, "eval-clip": 8, "eval-vit": 4, "eval-alex": 4}
+STEPS = {"clip": 2, "vae": 2, "vae-decoder": 2, "unet": 2, "eval-clip": 2, "eval-vit": 2, "eval-alex": 2}
+BATCH = {"clip": 8, "vae": 2, "vae-decoder": 2, "unet": 4, "eval-clip": 8, "eval-vit": 4, "eval-alex": 4}
 
 
 def _parse(argv):
@@ -43,7 +43,7 @@ def test_every_stage_exports_loadable_weights(trained):
     from bench.toyworld import evaluators as ev
 
     weights = trained / "weights"
-    for stage in ("clip", "vae", "unet", "eval_clip", "eval_vit", "eval_alex"):
+    for stage in ("clip", "vae", "vae_decoder", "unet", "eval_clip", "eval_vit", "eval_alex"):
         report = json.loads((trained / "out" / stage / "report.json").read_text())
         assert report["step"] == 2
     pipe = load_pipeline({"path": str(weights / "toy-sd"), "image_encoder": {"subfolder": "image_encoder"}},
@@ -78,7 +78,7 @@ def test_stopped_and_resumed_training_equals_uninterrupted(trained, tmp_path, st
         import shutil
 
         # the unet stage needs the clip / vae exports of the module run
-        for dep in ("clip", "vae"):
+        for dep in ("clip", "vae", "vae_decoder"):
             if not (out / dep).exists():
                 shutil.copytree(trained / "out" / dep, out / dep)
         args = _train_args(out, weights, stage=stage, steps=steps, extra=extra)

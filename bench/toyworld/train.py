@@ -41,17 +41,24 @@ from bench.io import atomic_path, write_json
 from bench.toyworld import evaluators as ev
 from bench.toyworld.generator import all_captions, render, rng_from, sample_scenes
 
-GENERATOR_STAGES = ("clip", "vae", "unet")
+GENERATOR_STAGES = ("clip", "vae", "vae_decoder", "unet")
 EVALUATOR_STAGES = ("eval_clip", "eval_vit", "eval_alex")
 STAGES = GENERATOR_STAGES + EVALUATOR_STAGES
 STAGE_GROUPS = {"all": STAGES, "generator": GENERATOR_STAGES, "evaluators": EVALUATOR_STAGES,
                 **{s: (s,) for s in STAGES}}
-STAGE_IDS = {name: k for k, name in enumerate(STAGES)}  # seed namespace per stage
+# seed namespace per stage (fixed numbers: adding a stage must not change the others' batches)
+STAGE_IDS = {"clip": 0, "vae": 1, "unet": 2, "eval_clip": 3, "eval_vit": 4, "eval_alex": 5, "vae_decoder": 6}
 # seed namespaces of the render pools (disjoint from each other and from the held-out suites)
 POOL_GENERATOR, POOL_EVALUATOR, HELDOUT = 10, 11, 12
-DEFAULT_STEPS = {"clip": 400, "vae": 1500, "unet": 8000, "eval_clip": 1500, "eval_vit": 800, "eval_alex": 800}
-DEFAULT_BATCH = {"clip": 64, "vae": 16, "unet": 64, "eval_clip": 64, "eval_vit": 64, "eval_alex": 64}
-DEFAULT_LR = {"clip": 1e-3, "vae": 1e-3, "unet": 5e-4, "eval_clip": 1e-3, "eval_vit": 5e-4, "eval_alex": 3e-4}
+DEFAULT_STEPS = {"clip": 150, "vae": 600, "vae_decoder": 800, "unet": 8000, "eval_clip": 1500, "eval_vit": 800,
+                 "eval_alex": 800}
+DEFAULT_BATCH = {"clip": 64, "vae": 8, "vae_decoder": 8, "unet": 32, "eval_clip": 64, "eval_vit": 64,
+                 "eval_alex": 64}
+DEFAULT_LR = {"clip": 1e-3, "vae": 1e-3, "vae_decoder": 5e-4, "unet": 8e-4, "eval_clip": 1e-3, "eval_vit": 5e-4,
+              "eval_alex": 3e-4}
+# cosine-schedule length where it differs from the step count (the VAE encoder is frozen part-way
+# through a 1,400-step schedule; the decoder then trains on alone, in parallel with the UNet)
+DEFAULT_HORIZON = {"vae": 1400}
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -64,13 +71,14 @@ class TrainConfig:
     steps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_STEPS))
     batch: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BATCH))
     lr: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LR))
+    horizon: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_HORIZON))
     pool_size: int = 16384  # renders per pool (generator pool, evaluator pool)
     ckpt_every: int = 50
     eval_size: int = 2000  # held-out renders for the quality report
     samples: int = 256  # generated samples for the UNet quality report
     sample_steps: int = 50
     cfg_scale: float = 5.0
-    ema_decay: float = 0.998
+    ema_decay: float = 0.995
     caption_dropout: float = 0.1
     fp16: bool = True  # export weights in fp16
     max_minutes: float | None = None  # stop a stage (after a checkpoint) when this wall time is reached
@@ -78,6 +86,10 @@ class TrainConfig:
 
     def __post_init__(self):
         self.out, self.weights = Path(self.out), Path(self.weights)
+
+    def schedule_total(self, stage: str) -> int:
+        """Length of the stage's cosine learning-rate schedule (its step count unless a horizon is set)."""
+        return max(self.horizon.get(stage, 0), self.steps[stage])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,7 +330,7 @@ def train_gen_clip(cfg: TrainConfig) -> dict:
 
     base = cfg.lr["clip"]
     info = train_loop(cfg, "clip", {"model": model}, model.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.steps["clip"]))
+                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("clip")))
     model.eval()
     export_gen_clip(cfg, model)
     info["quality"] = quality_gen_clip(cfg, model, tokenizer)
@@ -414,7 +426,7 @@ def train_vae(cfg: TrainConfig) -> dict:
 
     base = cfg.lr["vae"]
     info = train_loop(cfg, "vae", {"vae": vae}, vae.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.steps["vae"]))
+                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("vae")))
     vae.eval()
     # latent scaling so that scaled latents have unit std (SD's 0.18215 plays the same role)
     with torch.no_grad():
@@ -427,6 +439,49 @@ def train_vae(cfg: TrainConfig) -> dict:
     _finish_export(staging, final)
     info["quality"] = quality_vae(cfg, vae)
     return info
+
+
+def train_vae_decoder(cfg: TrainConfig) -> dict:
+    """Fine-tune only the VAE decoder (encoder, latent space and scaling factor frozen), so the UNet
+    can train on the final latents while the decoder still improves."""
+    from diffusers import AutoencoderKL
+
+    source = export_dir(cfg, "vae") / "vae"
+    if not source.is_dir():
+        raise FileNotFoundError(f"the vae_decoder stage needs the 'vae' stage first: {source} is missing")
+    pool = make_pool(cfg, POOL_GENERATOR)
+    vae = AutoencoderKL.from_pretrained(source).requires_grad_(False)
+    decoder = [vae.post_quant_conv, vae.decoder]
+    for module in decoder:
+        module.requires_grad_(True)
+    batch = cfg.batch["vae_decoder"]
+
+    def loss_fn(step, gen):
+        idx = torch.randint(0, len(pool["images"]), (batch,), generator=gen).numpy()
+        x = to_tensor(pool["images"][idx])
+        with torch.no_grad():
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x), {"psnr": float(psnr(recon.detach().clamp(-1, 1), x).mean())}
+
+    base = cfg.lr["vae_decoder"]
+    params = [p for module in decoder for p in module.parameters()]
+    info = train_loop(cfg, "vae_decoder", {"vae": vae}, params, loss_fn,
+                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("vae_decoder")))
+    vae.eval()
+    final = export_dir(cfg, "vae_decoder")
+    staging = _staging(final)
+    vae.save_pretrained(staging / "vae", safe_serialization=True)
+    _finish_export(staging, final)
+    info["quality"] = quality_vae(cfg, vae)
+    return info
+
+
+def final_vae_dir(cfg: TrainConfig) -> Path:
+    """The VAE that goes into the pipeline: the decoder-tuned one when that stage ran."""
+    tuned = export_dir(cfg, "vae_decoder") / "vae"
+    return tuned if tuned.is_dir() else export_dir(cfg, "vae") / "vae"
 
 
 @torch.no_grad()
@@ -547,7 +602,9 @@ def train_unet(cfg: TrainConfig) -> dict:
     info = train_loop(cfg, "unet", {"unet": unet}, unet.parameters(), loss_fn, lambda s: warmup_lr(base, s, 200),
                       ema={"unet": ema_unet}, ema_decay=cfg.ema_decay)
     ema_unet.eval()
-    export_pipeline(cfg, ema_unet, text, tokenizer, vae, info["step"])
+    from diffusers import AutoencoderKL
+
+    export_pipeline(cfg, ema_unet, text, tokenizer, AutoencoderKL.from_pretrained(final_vae_dir(cfg)).eval(), info["step"])
     return info
 
 
@@ -695,7 +752,7 @@ def train_eval_clip(cfg: TrainConfig) -> dict:
 
     base = cfg.lr["eval_clip"]
     info = train_loop(cfg, "eval_clip", {"model": model}, model.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.steps["eval_clip"]))
+                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("eval_clip")))
     model.eval()
     _export_evaluator(cfg, model.state_dict(), ev.CLIP_NAME, ev.CLIP_CONFIG)
     info["quality"] = quality_eval_clip(cfg)
@@ -720,7 +777,7 @@ def _train_classifier(cfg: TrainConfig, stage: str, model: torch.nn.Module, pixe
 
     base = cfg.lr[stage]
     info = train_loop(cfg, stage, {"model": model}, model.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.steps[stage]))
+                      lambda s: warmup_lr(base, s, total=cfg.schedule_total(stage)))
     model.eval()
     images, labels = heldout(cfg)
     with torch.no_grad():
@@ -753,7 +810,7 @@ def train_eval_alex(cfg: TrainConfig) -> dict:
     return info
 
 
-TRAINERS = {"clip": train_gen_clip, "vae": train_vae, "unet": train_unet, "eval_clip": train_eval_clip,
+TRAINERS = {"clip": train_gen_clip, "vae": train_vae, "vae_decoder": train_vae_decoder, "unet": train_unet, "eval_clip": train_eval_clip,
             "eval_vit": train_eval_vit, "eval_alex": train_eval_alex}
 
 
@@ -800,10 +857,8 @@ def run(cfg: TrainConfig, stage: str, from_weights: bool = False) -> dict:
         seed_from_weights(cfg)
     report = {}
     for name in STAGE_GROUPS[stage]:
-        if name == "clip" and from_weights and export_dir(cfg, "clip").exists() and Checkpoint(cfg, "clip").load() is None:
-            continue  # taken from the committed pipeline
-        if name == "vae" and from_weights and export_dir(cfg, "vae").exists() and Checkpoint(cfg, "vae").load() is None:
-            continue
+        if from_weights and name in ("clip", "vae", "vae_decoder") and Checkpoint(cfg, name).load() is None:
+            continue  # the committed pipeline's text encoder / VAE are used as they are
         t0 = time.time()
         info = TRAINERS[name](cfg)
         info["wall_s"] = round(time.time() - t0, 1)
