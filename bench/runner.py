@@ -255,6 +255,8 @@ class EditJob:
             record = self._base_record(item, key)
             record.update({
                 "status": "ok", "inversion_key": inv_key,
+                # what the inversion reports about itself (NFE, seconds, optimisation iterations/losses, ...)
+                "inversion": dict(inversion.meta),
                 "item": {**record["item"], "image_sha256": image_sha, "preprocess": PREPROCESS_ID,
                          "resolution": self.pipe.resolution},
                 "cost": {**spent, **inversion_cost, "edit_seconds": edit_seconds,
