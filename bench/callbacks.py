@@ -42,11 +42,15 @@ def aggregate(results_dir: str | Path, papers: list[str] | None = None, report: 
 
     results_dir = Path(results_dir)
     written: dict[str, Any] = {"tables": write_tables(results_dir, papers=papers)}
-    written["plots"] = write_tradeoff_plot(results_dir)
-    if report:
+    if report:  # the report (re)writes the plot it embeds
         from bench.report import build_report
 
         written["report"] = build_report(results_dir, papers=papers, sweep_dirs=sweep_dirs)
+        plots = results_dir / "plots"
+        written["plots"] = {fmt: plots / f"tradeoff.{fmt}" for fmt in ("png", "pdf")
+                            if (plots / f"tradeoff.{fmt}").is_file()}
+    else:
+        written["plots"] = write_tradeoff_plot(results_dir)
     return written
 
 

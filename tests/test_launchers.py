@@ -104,3 +104,16 @@ def test_callback_aggregates_every_results_dir_of_the_sweep(tmp_path):
     for run in ("a", "b"):
         assert (tmp_path / run / "tables" / "summary.md").is_file()
         assert (tmp_path / run / "report" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_runs_and_merges(tmp_path):
+    """The SLURM code path (pickled jobs, submitit folders) on this machine, 2 jobs, merged at the end."""
+    data = write_yaml_dataset((tmp_path / "data").mkdir() or tmp_path / "data", n_images=1)
+    result = bench(["-m", "launcher=submitit_local", "model=tiny_random", "method=sdedit", "method.num_inference_steps=3",
+                    "method.strength=0.5,0.8", *dataset_overrides(data), "runtime.progress=false",
+                    f"paths.results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "sweep" / ".submitit").iterdir())  # submitit's job folders
+    assert sorted(summary_table(tmp_path / "results")["point"]) == ["strength=0.5", "strength=0.8"]
+    assert (tmp_path / "results" / "report" / "index.html").is_file()
