@@ -1,0 +1,103 @@
+"""A k-point ablation grid (EF-DDPM over T_skip × cfg_tar) through the runner with inversion reuse,
+against k independent runs that each recompute the inversion.
+
+Shared: the k jobs of a sweep write into one results directory; the first job computes the inversion
+and saves it, the other k−1 load it (its key holds only the inversion hyperparameters: T, η, cfg_src),
+exactly as ``bench -m method.skip=… method.cfg_tar=…`` runs. Independent: each point in its own
+results directory, so each one inverts again (what a script without a cache does).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.models import build_scheduler
+from bench.perf.jobs import run_job
+from bench.perf.measure import synchronize
+from bench.perf.setup import method_spec
+
+DEFAULT_SKIP_FRACTIONS = (0.24, 0.36, 0.40)  # of T: 24/36/40 at T=100 (conf/experiment/tradeoff/ef_ddpm.yaml)
+DEFAULT_CFG_TAR = (12.0, 15.0, 18.0)  # the paper default (36, 15) in the middle of the trade-off grid
+
+
+@dataclass
+class GridResult:
+    method: str
+    points: list[dict]
+    shared_seconds: float
+    independent_seconds: float
+    shared_inversions_computed: int
+    shared_inversions_loaded: int
+    independent_inversions_computed: int
+    shared_nfe: int
+    independent_nfe: int
+    steps: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return self.independent_seconds / self.shared_seconds
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "speedup": self.speedup}
+
+
+def grid_specs(model: str, label: str, steps: int | None, skip_fractions, cfg_values, inner_steps=None):
+    """One MethodSpec per grid point (T_skip = round(fraction·T), capped at T−1)."""
+    base = method_spec(label, model, steps, inner_steps)
+    total = int(base.config["num_diffusion_steps"])
+    skips = [min(total - 1, int(round(float(fraction) * total))) for fraction in skip_fractions]
+    if len(set(skips)) != len(skips) or len(set(cfg_values)) != len(cfg_values):
+        raise ValueError(f"grid points collide at T={total}: T_skip fractions {list(skip_fractions)} → {skips}, "
+                         f"cfg_tar {list(cfg_values)}; use more steps or other --grid-skip/--grid-cfg values")
+    specs = []
+    for skip, cfg_tar in itertools.product(skips, cfg_values):
+        specs.append(method_spec(label, model, steps, inner_steps, extra={"skip": skip, "cfg_tar": float(cfg_tar)}))
+    return specs
+
+
+def run_grid(pipe, model: str, item, work_dir: str | Path, label: str = "ef_ddpm", steps: int | None = None,
+             skip_fractions=DEFAULT_SKIP_FRACTIONS, cfg_values=DEFAULT_CFG_TAR, seed: int = 0) -> GridResult:
+    work_dir = Path(work_dir)
+    specs = grid_specs(model, label, steps, skip_fractions, cfg_values)
+    pipe.scheduler = build_scheduler(specs[0].scheduler_cfg)
+    # warm-up (lazy initialisation, caches) outside both timings
+    run_job(pipe, specs[0], [item], work_dir / "warmup", seed)
+
+    def timed(fn):
+        synchronize(pipe.device)
+        start = time.perf_counter()
+        out = fn()
+        synchronize(pipe.device)
+        return out, time.perf_counter() - start
+
+    def shared():
+        computed = loaded = 0
+        for spec in specs:
+            summary, _ = run_job(pipe, spec, [item], work_dir / "shared", seed)
+            computed += summary.inversions_computed
+            loaded += summary.inversions_loaded
+        return computed, loaded
+
+    def independent():
+        computed = 0
+        for k, spec in enumerate(specs):
+            summary, _ = run_job(pipe, spec, [item], work_dir / f"independent_{k}", seed)
+            computed += summary.inversions_computed
+        return computed
+
+    for path in [work_dir / "shared", *(work_dir / f"independent_{k}" for k in range(len(specs)))]:
+        shutil.rmtree(path, ignore_errors=True)
+    before = pipe.counter.nfe
+    (computed, loaded), shared_seconds = timed(shared)
+    shared_nfe = pipe.counter.nfe - before
+    before = pipe.counter.nfe
+    independent_computed, independent_seconds = timed(independent)
+    independent_nfe = pipe.counter.nfe - before
+    points = [{"skip": s.method.skip, "cfg_tar": s.method.cfg_tar} for s in specs]
+    return GridResult(label, points, shared_seconds, independent_seconds, computed, loaded, independent_computed,
+                      shared_nfe, independent_nfe, int(specs[0].config["num_diffusion_steps"]))

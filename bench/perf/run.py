@@ -1,0 +1,265 @@
+"""``bench perf``: per method NFE, wall seconds, t_UNet at the same batch sizes, overhead ratio, peak
+memory, the reference-shaped baseline side by side, and the ablation-grid reuse speedup.
+
+Per method (all on one loaded pipeline; the scheduler is swapped per method config):
+1. warm-up: the item once through the runner (``EditJob``) in a scratch results directory;
+2. timed: the item through the runner in a fresh directory (inversion computed, edit, PNG and record
+   written) — wall seconds, UNet calls by batch size (forward, backward), peak memory;
+3. t_UNet(b) at exactly the batch sizes the method used (median of ``repeats``), forward+backward
+   where it back-propagated; overhead = wall / Σ_b calls_b · t_UNet(b) (+ backward term);
+4. the method's invert + edit and its reference-shaped baseline (``reference_loops``), alternated
+   ``compare_repeats`` times on the same inputs: min seconds of each, their ratio, and the max abs
+   difference of the outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.models import build_scheduler
+from bench.perf import reference_loops
+from bench.perf.grid import DEFAULT_CFG_TAR, DEFAULT_SKIP_FRACTIONS, GridResult, run_grid
+from bench.perf.jobs import run_job
+from bench.perf.measure import PeakMemory, UNetLatency, measure_unet, model_seconds, time_call
+from bench.perf.setup import load_model, method_labels, method_spec, source_tensor, write_item
+
+EQUAL_ATOL = 1e-4  # fp32 outputs of a method and its baseline: max |Δ| ≤ 1e-4 · max(1, max |reference|)
+
+
+@dataclass
+class PerfOptions:
+    model: str = "tiny_random"
+    methods: list[str] | None = None
+    steps: int | None = None
+    inner_steps: int | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    compile: bool = False
+    repeats: int = 5
+    item_repeats: int = 1
+    compare_repeats: int = 2
+    baselines: bool = True
+    grid: bool = True
+    grid_method: str = "ef_ddpm"
+    grid_skip: tuple[float, ...] = DEFAULT_SKIP_FRACTIONS
+    grid_cfg: tuple[float, ...] = DEFAULT_CFG_TAR
+    threads: int | None = None
+    deterministic: bool = True
+    seed: int = 0
+    out: str | None = None
+    command: str = ""
+
+
+@dataclass
+class MethodResult:
+    label: str
+    steps: int | None
+    nfe: int
+    nfe_backward: int
+    forward_calls: dict[str, int]
+    backward_calls: dict[str, int]
+    wall_seconds: float
+    inversion_seconds: float
+    edit_seconds: float
+    latency: dict
+    model_seconds: float
+    overhead: float
+    peak_memory_bytes: int
+    memory_increase_bytes: int
+    baseline: dict | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PerfReport:
+    options: dict
+    machine: dict
+    methods: list[MethodResult] = field(default_factory=list)
+    grid: GridResult | None = None
+    total_seconds: float = 0.0
+
+    def failures(self) -> list[str]:
+        """Methods that errored, or whose fp32 output differs from the baseline beyond tolerance."""
+        bad = [f"{m.label}: {m.error}" for m in self.methods if m.error]
+        for m in self.methods:
+            if m.baseline and m.baseline.get("equal") is False:
+                bad.append(f"{m.label}: output differs from its reference-shaped baseline by "
+                           f"{m.baseline['max_abs_diff']:.3g} (tolerance {m.baseline['tolerance']:.3g})")
+        return bad
+
+    def as_dict(self) -> dict:
+        return {"options": self.options, "machine": self.machine, "total_seconds": self.total_seconds,
+                "methods": [m.as_dict() for m in self.methods],
+                "grid": self.grid.as_dict() if self.grid else None}
+
+
+# ----------------------------------------------------------------------------------------------
+# machine facts
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device, dtype: str) -> dict[str, Any]:
+    from bench.env import _version, git_state
+
+    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "diffusers": _version("diffusers"), "transformers": _version("transformers"),
+            "python": sys.version.split()[0], "device": str(device), "dtype": dtype,
+            "git": git_state(), "load_average_start": os.getloadavg(),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# one method
+
+
+def steps_of(spec) -> int | None:
+    for name in ("num_inference_steps", "num_diffusion_steps"):
+        if name in spec.config:
+            return int(spec.config[name])
+    return None
+
+
+def compare_with_baseline(pipe, spec, image, item, repeats: int, seed: int) -> dict | None:
+    """Alternate method and baseline runs; min seconds of each, ratio, and output difference."""
+    pair = reference_loops.pair_for(spec.method, spec.label, seed)
+    if pair is None:
+        return None
+    times: dict[str, list[float]] = {"method": [], "reference": []}
+    outputs: dict[str, torch.Tensor] = {}
+    calls: dict[str, dict] = {}
+    runs = {"method": pair.method_run, "reference": pair.reference_run}
+    for round_index in range(max(1, repeats)):
+        order = ("method", "reference") if round_index % 2 == 0 else ("reference", "method")
+        for side in order:
+            before = pipe.counter.snapshot()
+            seconds = time_call(lambda side=side: outputs.__setitem__(side, runs[side](pipe, image, item)),
+                                pipe.device)
+            times[side].append(seconds)
+            calls[side] = pipe.counter.since(before)
+    method_out, reference_out = outputs["method"].float(), outputs["reference"].float()
+    diff = (method_out - reference_out).abs().max().item()
+    scale = max(1.0, reference_out.abs().max().item())
+    fp32 = pipe.dtype == torch.float32
+    return {"compares": pair.compares, "method_seconds": min(times["method"]),
+            "reference_seconds": min(times["reference"]),
+            "speedup": min(times["reference"]) / min(times["method"]),
+            "method_calls": calls["method"]["forward_calls_by_batch"],
+            "reference_calls": calls["reference"]["forward_calls_by_batch"],
+            "method_backward_calls": calls["method"]["backward_calls_by_batch"],
+            "reference_backward_calls": calls["reference"]["backward_calls_by_batch"],
+            "max_abs_diff": diff, "output_scale": scale, "tolerance": EQUAL_ATOL * scale,
+            "equal": (diff <= EQUAL_ATOL * scale) if fp32 else None, "rounds": max(1, repeats)}
+
+
+def bench_method(pipe, spec, item, image, work_dir: Path, options: PerfOptions) -> MethodResult:
+    pipe.scheduler = build_scheduler(spec.scheduler_cfg)
+    run_job(pipe, spec, [item], work_dir / "warmup" / spec.label, options.seed)
+
+    best = None
+    for repeat in range(max(1, options.item_repeats)):
+        results_dir = work_dir / f"item{repeat}" / spec.label
+        shutil.rmtree(results_dir, ignore_errors=True)
+        before = pipe.counter.snapshot()
+        with PeakMemory(pipe.device) as memory:
+            holder = {}
+            wall = time_call(lambda: holder.setdefault("out", run_job(pipe, spec, [item], results_dir, options.seed)),
+                             pipe.device)
+        spent = pipe.counter.since(before)
+        record = holder["out"][1][0]
+        if best is None or wall < best[0]:
+            best = (wall, spent, record, memory)
+    wall, spent, record, memory = best
+    forward_calls, backward_calls = spent["forward_calls_by_batch"], spent["backward_calls_by_batch"]
+    latency = measure_unet(pipe, [int(b) for b in forward_calls], options.repeats, [int(b) for b in backward_calls])
+    denominator = model_seconds(forward_calls, backward_calls, latency)
+    baseline = None
+    if options.baselines:
+        baseline = compare_with_baseline(pipe, spec, image, item, options.compare_repeats, options.seed)
+    return MethodResult(
+        label=spec.label, steps=steps_of(spec), nfe=spent["nfe"], nfe_backward=spent["nfe_backward"],
+        forward_calls=forward_calls, backward_calls=backward_calls, wall_seconds=wall,
+        inversion_seconds=float(record["cost"]["inversion_seconds"]), edit_seconds=float(record["cost"]["edit_seconds"]),
+        latency=latency.as_dict(), model_seconds=denominator,
+        overhead=wall / denominator if denominator > 0 else math.inf,
+        peak_memory_bytes=memory.peak_bytes, memory_increase_bytes=memory.increase_bytes, baseline=baseline)
+
+
+def failed_result(label: str, steps, err: Exception) -> MethodResult:
+    return MethodResult(label, steps, 0, 0, {}, {}, math.nan, math.nan, math.nan, UNetLatency().as_dict(), math.nan,
+                        math.nan, 0, 0, None, f"{type(err).__name__}: {err}")
+
+
+def apply_compile(pipe) -> None:
+    """torch.compile the UNet's forward (the module's hooks — the NFE counter — stay outside the graph)."""
+    pipe.unet.forward = torch.compile(pipe.unet.forward)
+
+
+def run_perf(options: PerfOptions, log=print) -> PerfReport:
+    """Run the benchmark; returns the report (nothing written: see ``bench.perf.report``)."""
+    from bench.runner import configure_runtime
+
+    start = time.perf_counter()
+    configure_runtime({"num_threads": options.threads, "deterministic": options.deterministic})
+    labels = method_labels(options.methods)
+    first = method_spec(options.grid_method, options.model, options.steps)  # any config: schedulers are swapped
+    pipe = load_model(options.model, first.scheduler_cfg, device=options.device, dtype=options.dtype)
+    if options.compile:
+        apply_compile(pipe)
+    report = PerfReport(options=dict(options.__dict__), machine=machine_info(pipe.device, options.dtype))
+    work_dir = Path(tempfile.mkdtemp(prefix="bench-perf-"))
+    try:
+        item = write_item(work_dir / "data", pipe.resolution)
+        image = source_tensor(item, pipe.resolution, pipe.device, pipe.dtype)
+        for label in labels:
+            spec = None
+            try:
+                spec = method_spec(label, options.model, options.steps, options.inner_steps)
+                log(f"[perf] {label} (steps {steps_of(spec)}) ...")
+                result = bench_method(pipe, spec, item, image, work_dir, options)
+            except Exception as err:  # one broken method must not hide the others' numbers
+                result = failed_result(label, steps_of(spec) if spec else None, err)
+                log(f"[perf] {label} FAILED: {result.error}")
+            else:
+                log(f"[perf] {label}: wall {result.wall_seconds:.3f} s, NFE {result.nfe}, "
+                    f"overhead {result.overhead:.3f}"
+                    + (f", baseline ×{result.baseline['speedup']:.2f} (Δ {result.baseline['max_abs_diff']:.2g})"
+                       if result.baseline else ""))
+            report.methods.append(result)
+        if options.grid:
+            log(f"[perf] grid: {options.grid_method} {len(options.grid_skip)}×{len(options.grid_cfg)} ...")
+            report.grid = run_grid(pipe, options.model, item, work_dir / "grid", options.grid_method, options.steps,
+                                   options.grid_skip, options.grid_cfg, options.seed)
+            log(f"[perf] grid: shared {report.grid.shared_seconds:.2f} s vs independent "
+                f"{report.grid.independent_seconds:.2f} s (×{report.grid.speedup:.2f})")
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    report.total_seconds = time.perf_counter() - start
+    report.machine["load_average_end"] = os.getloadavg()
+    return report
