@@ -1,8 +1,9 @@
 """Trade-off plots: CLIP score (text compliance) against LPIPS (fidelity to the source) per method.
 
-One curve per method through its hyperparameter grid (the rows of ``tables.summary_table``), points
-ordered along the x axis; the paper-default point of each method (its config's values, see
-``tables.default_points``) is drawn as a large star. Written as PNG and PDF with matplotlib's Agg
+Per method: every point of its hyperparameter grid (the rows of ``tables.summary_table``) as a dot, and
+its curve through the Pareto-optimal points (no other point of the method is better on both axes;
+a 1-D knob sweep with a monotone trade-off is the whole sweep); the paper-default point (its config's
+values, see ``tables.default_points``) is drawn as a large star. Written as PNG and PDF with matplotlib's Agg
 backend (no display needed).
 """
 
@@ -42,6 +43,24 @@ def pick_axes(table: pd.DataFrame, x_metric: str | None = None,
     return (x, y) if x and y else None
 
 
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The points no other point beats on both axes (directions from the ↑/↓ headers), sorted by x."""
+    x_up, y_up = x.endswith("↑"), y.endswith("↑")
+    values = points[[x, y]].to_numpy(dtype=float)
+    keep = []
+    for i, (xi, yi) in enumerate(values):
+        dominated = False
+        for j, (xj, yj) in enumerate(values):
+            better_x = xj >= xi if x_up else xj <= xi
+            better_y = yj >= yi if y_up else yj <= yi
+            strictly = (xj != xi) or (yj != yi)
+            if j != i and better_x and better_y and strictly:
+                dominated = True
+                break
+        keep.append(not dominated)
+    return points[keep].sort_values(x)
+
+
 def tradeoff_figure(table: pd.DataFrame, x: str, y: str, defaults: dict[str, str], title: str = ""):
     import matplotlib
 
@@ -58,11 +77,14 @@ def tradeoff_figure(table: pd.DataFrame, x: str, y: str, defaults: dict[str, str
         if group.empty:
             continue
         color = cmap(k % 10)
-        axes.plot(group[x], group[y], marker="o", markersize=4, linewidth=1.2, color=color, label=name)
+        # every grid point, and the method's curve: its Pareto front (no other point better on both axes)
+        axes.scatter(group[x], group[y], s=14, color=color, alpha=0.45, label=f"_points_{name}")
+        front = pareto_front(group, x, y)
+        axes.plot(front[x], front[y], marker="o", markersize=4, linewidth=1.4, color=color, label=name)
         default = group[group["point"] == defaults.get(method)]
         if not default.empty:
             axes.scatter(default[x], default[y], marker="*", s=220, color=color, edgecolors="black",
-                         linewidths=0.8, zorder=5)
+                         linewidths=0.8, zorder=5, label=f"_default_{name}")
     axes.set_xlabel(x)
     axes.set_ylabel(y)
     axes.set_title(title or f"{header_metric_id(y)} vs {header_metric_id(x)} (★ = paper default)")

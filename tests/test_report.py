@@ -54,12 +54,25 @@ def test_tradeoff_plot_one_curve_per_method_and_starred_default(results):
     assert sorted(line.get_label() for line in axes.lines) == ["ddim_p2p", "sdedit"]
     sdedit = next(line for line in axes.lines if line.get_label() == "sdedit")
     assert len(sdedit.get_xdata()) == 3 and list(sdedit.get_xdata()) == sorted(sdedit.get_xdata())
-    stars = [tuple(np.round(c.get_offsets()[0], 4)) for c in axes.collections]
+    stars = {c.get_label(): tuple(np.round(c.get_offsets()[0], 4)) for c in axes.collections
+             if c.get_label().startswith("_default_")}
     sd_default = table[(table["method"] == "sdedit") & (table["point"] == "strength=0.8")].iloc[0]
-    assert (round(sd_default["lpips_alex ↓"], 4), round(sd_default["clip_score ×100 ↑"], 4)) in stars
+    assert stars["_default_sdedit"] == (round(sd_default["lpips_alex ↓"], 4), round(sd_default["clip_score ×100 ↑"], 4))
     assert len(stars) == 2
+    dots = [c for c in axes.collections if c.get_label() == "_points_sdedit"]
+    assert len(dots) == 1 and len(dots[0].get_offsets()) == 3  # every grid point is drawn
     paths = write_tradeoff_plot(results)
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["pdf"].read_bytes()[:4] == b"%PDF"
+
+
+def test_pareto_front_keeps_points_not_beaten_on_both_axes():
+    from bench.plots import pareto_front
+
+    import pandas as pd
+
+    points = pd.DataFrame({"lpips ↓": [0.1, 0.2, 0.3, 0.25], "clip ↑": [20.0, 25.0, 30.0, 24.0]})
+    front = pareto_front(points, "lpips ↓", "clip ↑")
+    assert list(front["lpips ↓"]) == [0.1, 0.2, 0.3]  # (0.25, 24) is beaten by (0.2, 25)
 
 
 def test_report_is_self_contained_and_has_every_part(results, tmp_path):
