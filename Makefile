@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: help setup run test test-slow tables lint clean
+.PHONY: help setup run test test-slow tables report clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -35,6 +35,9 @@ test-slow: setup ## slow tests too
 
 tables: setup ## aggregate a results dir: make tables RESULTS=results/default
 	$(BENCH) tables $(or $(RESULTS),results/default)
+
+report: setup ## HTML report of a results dir: make report RESULTS=results/default
+	$(BENCH) report $(or $(RESULTS),results/default)
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf results/*/ .cache/editbench .pytest_cache

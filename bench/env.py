@@ -41,7 +41,6 @@ def environment() -> dict[str, object]:
         "platform": platform.platform(),
         "versions": {p: _version(p) for p in TRACKED_PACKAGES},
         "git": git_state(),
-        "torch_threads": torch.get_num_threads(),
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)

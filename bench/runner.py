@@ -220,6 +220,10 @@ class EditJob:
                        "scheduler": scheduler_record(self.pipe.scheduler)},
             "dataset": self.dataset.describe(), "item": item.describe(), "seed": self.seed,
             "model": {**self.pipe.identity(), "device": str(self.pipe.device)},
+            # CPU kernels sum in an order that depends on the thread count: outputs can differ in the last
+            # bits between thread counts (not part of the key, like the device; recorded for audits)
+            "runtime": {"num_threads": torch.get_num_threads(),
+                        "deterministic": torch.are_deterministic_algorithms_enabled()},
             "env": environment(), "created_at": datetime.now(timezone.utc).isoformat(),
         }
 
