@@ -27,6 +27,22 @@ def _methods(values: list[str] | None) -> list[str] | None:
     return [m for value in values for m in value.split(",") if m]
 
 
+def command_line(args) -> str:
+    """The full command with every option spelled out (defaults included), to re-run it exactly."""
+    parts = ["bench", "perf"]
+    for name, value in vars(args).items():
+        if name in ("func", "command") or value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
 def perf(args) -> int:
     from bench.perf.report import write_report
     from bench.perf.run import PerfOptions, run_perf
@@ -42,7 +58,7 @@ def perf(args) -> int:
         compare_repeats=args.compare_repeats, baselines=not args.no_baselines, grid=not args.no_grid,
         grid_method=args.grid_method, grid_skip=_floats(args.grid_skip), grid_cfg=_floats(args.grid_cfg),
         threads=args.threads, deterministic=not args.no_deterministic, seed=args.seed,
-        command="bench perf " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["perf"] else sys.argv[1:]),
+        command=command_line(args),
     )
     report = run_perf(options, log=lambda msg: print(msg, flush=True))
     out = Path(args.out) if args.out else Path("results") / "perf" / f"{args.model}_{device}_{args.dtype}"
