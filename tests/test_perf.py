@@ -201,6 +201,23 @@ def test_perf_command_end_to_end(tmp_path, capsys):
     assert len(grid) == 1 and float(grid[0]["speedup"]) > 0
 
 
+def test_perf_baselines_in_another_dtype(tmp_path):
+    """--baseline-dtype runs the baselines on a second copy of the model (GPU acceptance: fp16 method vs
+    fp32 baseline); outputs are compared but equality is only asserted when both are fp32."""
+    from bench.cli import run_command
+
+    out = tmp_path / "perf"
+    code = run_command(["perf", "--model", "tiny_random", "--methods", "sdedit", "--steps", "4", "--repeats", "1",
+                        "--compare-repeats", "1", "--no-grid", "--dtype", "bfloat16", "--baseline-dtype", "float32",
+                        "--threads", "1", "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "perf.json").read_text())
+    baseline = data["methods"][0]["baseline"]
+    assert baseline["reference_dtype"] == "float32" and baseline["equal"] is None
+    assert 0 < baseline["max_abs_diff"] < 0.5  # bf16 vs fp32: close, not equal
+    assert "baselines run in float32" in (out / "perf.md").read_text()
+
+
 # ----------------------------------------------------------------------------------------------
 # the SD-v1.4-shaped model
 

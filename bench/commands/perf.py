@@ -3,7 +3,7 @@ reference-shaped baselines side by side, and the ablation-grid reuse speedup (de
 
     bench perf --model toy                                   # every method config, toy world, CPU
     bench perf --model tiny_random --steps 4 --inner-steps 2 # a quick smoke run
-    bench perf --model sd14_random --device cuda --dtype float16 --steps 50   # GPU, SD-v1.4-shaped
+    bench perf --model sd14_random --device cuda --dtype float16 --baseline-dtype float32   # GPU acceptance
 
 Writes perf.md, methods.csv, grid.csv and perf.json to ``--out`` (default
 results/perf/<model>_<device>_<dtype>/). Exit status 1 when a method failed or, in fp32, its output
@@ -57,7 +57,7 @@ def perf(args) -> int:
         dtype=args.dtype, device=device, compile=args.compile, repeats=args.repeats, item_repeats=args.item_repeats,
         compare_repeats=args.compare_repeats, baselines=not args.no_baselines, grid=not args.no_grid,
         grid_method=args.grid_method, grid_skip=_floats(args.grid_skip), grid_cfg=_floats(args.grid_cfg),
-        threads=args.threads, deterministic=not args.no_deterministic, seed=args.seed,
+        threads=args.threads, baseline_dtype=args.baseline_dtype, deterministic=not args.no_deterministic, seed=args.seed,
         command=command_line(args),
     )
     report = run_perf(options, log=lambda msg: print(msg, flush=True))
@@ -96,6 +96,9 @@ def register(subparsers) -> None:
                         help="T_skip values as fractions of T, comma-separated")
     parser.add_argument("--grid-cfg", default=",".join(str(x) for x in DEFAULT_CFG_TAR),
                         help="cfg_tar values, comma-separated")
+    parser.add_argument("--baseline-dtype", choices=["float32", "float16", "bfloat16"],
+                        help="run the baselines on a second copy of the model in this dtype (GPU acceptance: "
+                             "--dtype float16 --baseline-dtype float32); default: --dtype, same pipeline")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-deterministic", action="store_true",
                         help="allow non-deterministic kernels and TF32 (default: as runtime.deterministic=true)")

@@ -71,7 +71,8 @@ def markdown(report) -> str:
         "- load average (1/5/15 min) at start: " + " / ".join(f"{x:.2f}" for x in m["load_average_start"])
         + "; at end: " + " / ".join(f"{x:.2f}" for x in m.get("load_average_end", (math.nan,) * 3)),
         f"- steps override: {o['steps']}, inner steps: {o['inner_steps']}, t_UNet repeats: {o['repeats']}, "
-        f"compile: {o['compile']}, total {report.total_seconds:.1f} s", "",
+        f"compile: {o['compile']}, baselines run in {o.get('baseline_dtype') or m['dtype']}, "
+        f"total {report.total_seconds:.1f} s", "",
         "## Per method (one item: invert + edit through the runner)", "",
         "overhead = wall / Σ_b calls_b·t_UNet(b) (+ backward calls·(t_fwd+bwd − t_fwd)); t_UNet = median no-grad "
         "forward at batch b with fused attention (fb = forward+backward); baseline = reference-shaped loop "

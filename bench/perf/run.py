@@ -54,6 +54,7 @@ class PerfOptions:
     grid_skip: tuple[float, ...] = DEFAULT_SKIP_FRACTIONS
     grid_cfg: tuple[float, ...] = DEFAULT_CFG_TAR
     threads: int | None = None
+    baseline_dtype: str | None = None  # None: the baselines run at --dtype on the same pipeline
     deterministic: bool = True
     seed: int = 0
     out: str | None = None
@@ -146,11 +147,18 @@ def steps_of(spec) -> int | None:
     return None
 
 
-def compare_with_baseline(pipe, spec, image, item, repeats: int, seed: int) -> dict | None:
-    """Alternate method and baseline runs; min seconds of each, ratio, and output difference."""
+def compare_with_baseline(pipe, spec, image, item, repeats: int, seed: int, reference_pipe=None) -> dict | None:
+    """Alternate method and baseline runs; min seconds of each, ratio, and output difference.
+
+    ``reference_pipe`` (default: ``pipe``) runs the baseline, e.g. an fp32 copy while the method runs in
+    fp16 (the GPU acceptance comparison); outputs are then compared but not asserted equal."""
     pair = reference_loops.pair_for(spec.method, spec.label, seed)
     if pair is None:
         return None
+    reference_pipe = reference_pipe or pipe
+    reference_pipe.scheduler = build_scheduler(spec.scheduler_cfg)
+    pipes = {"method": pipe, "reference": reference_pipe}
+    images = {"method": image, "reference": image.to(reference_pipe.device, reference_pipe.dtype)}
     times: dict[str, list[float]] = {"method": [], "reference": []}
     outputs: dict[str, torch.Tensor] = {}
     calls: dict[str, dict] = {}
@@ -158,16 +166,20 @@ def compare_with_baseline(pipe, spec, image, item, repeats: int, seed: int) -> d
     for round_index in range(max(1, repeats)):
         order = ("method", "reference") if round_index % 2 == 0 else ("reference", "method")
         for side in order:
-            before = pipe.counter.snapshot()
-            seconds = time_call(lambda side=side: outputs.__setitem__(side, runs[side](pipe, image, item)),
-                                pipe.device)
+            side_pipe = pipes[side]
+            before = side_pipe.counter.snapshot()
+            seconds = time_call(
+                lambda side=side, side_pipe=side_pipe: outputs.__setitem__(side, runs[side](side_pipe, images[side],
+                                                                                            item)),
+                side_pipe.device)
             times[side].append(seconds)
-            calls[side] = pipe.counter.since(before)
+            calls[side] = side_pipe.counter.since(before)
     method_out, reference_out = outputs["method"].float(), outputs["reference"].float()
     diff = (method_out - reference_out).abs().max().item()
     scale = max(1.0, reference_out.abs().max().item())
-    fp32 = pipe.dtype == torch.float32
-    return {"compares": pair.compares, "method_seconds": min(times["method"]),
+    fp32 = pipe.dtype == torch.float32 and reference_pipe.dtype == torch.float32
+    return {"compares": pair.compares, "reference_dtype": str(reference_pipe.dtype).replace("torch.", ""),
+            "method_seconds": min(times["method"]),
             "reference_seconds": min(times["reference"]),
             "speedup": min(times["reference"]) / min(times["method"]),
             "method_calls": calls["method"]["forward_calls_by_batch"],
@@ -178,7 +190,7 @@ def compare_with_baseline(pipe, spec, image, item, repeats: int, seed: int) -> d
             "equal": (diff <= EQUAL_ATOL * scale) if fp32 else None, "rounds": max(1, repeats)}
 
 
-def bench_method(pipe, spec, item, image, work_dir: Path, options: PerfOptions) -> MethodResult:
+def bench_method(pipe, spec, item, image, work_dir: Path, options: PerfOptions, reference_pipe=None) -> MethodResult:
     pipe.scheduler = build_scheduler(spec.scheduler_cfg)
     run_job(pipe, spec, [item], work_dir / "warmup" / spec.label, options.seed)
 
@@ -201,7 +213,8 @@ def bench_method(pipe, spec, item, image, work_dir: Path, options: PerfOptions) 
     denominator = model_seconds(forward_calls, backward_calls, latency)
     baseline = None
     if options.baselines:
-        baseline = compare_with_baseline(pipe, spec, image, item, options.compare_repeats, options.seed)
+        baseline = compare_with_baseline(pipe, spec, image, item, options.compare_repeats, options.seed,
+                                         reference_pipe)
     return MethodResult(
         label=spec.label, steps=steps_of(spec), nfe=spent["nfe"], nfe_backward=spent["nfe_backward"],
         forward_calls=forward_calls, backward_calls=backward_calls, wall_seconds=wall,
@@ -232,6 +245,10 @@ def run_perf(options: PerfOptions, log=print) -> PerfReport:
     pipe = load_model(options.model, first.scheduler_cfg, device=options.device, dtype=options.dtype)
     if options.compile:
         apply_compile(pipe)
+    reference_pipe = None
+    if options.baselines and options.baseline_dtype and options.baseline_dtype != options.dtype:
+        reference_pipe = load_model(options.model, first.scheduler_cfg, device=options.device,
+                                    dtype=options.baseline_dtype)
     report = PerfReport(options=dict(options.__dict__), machine=machine_info(pipe.device, options.dtype))
     work_dir = Path(tempfile.mkdtemp(prefix="bench-perf-"))
     try:
@@ -242,7 +259,7 @@ def run_perf(options: PerfOptions, log=print) -> PerfReport:
             try:
                 spec = method_spec(label, options.model, options.steps, options.inner_steps)
                 log(f"[perf] {label} (steps {steps_of(spec)}) ...")
-                result = bench_method(pipe, spec, item, image, work_dir, options)
+                result = bench_method(pipe, spec, item, image, work_dir, options, reference_pipe)
             except Exception as err:  # one broken method must not hide the others' numbers
                 result = failed_result(label, steps_of(spec) if spec else None, err)
                 log(f"[perf] {label} FAILED: {result.error}")
