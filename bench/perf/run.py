@@ -5,8 +5,9 @@ Per method (all on one loaded pipeline; the scheduler is swapped per method conf
 1. warm-up: the item once through the runner (``EditJob``) in a scratch results directory;
 2. timed: the item through the runner in a fresh directory (inversion computed, edit, PNG and record
    written) — wall seconds, UNet calls by batch size (forward, backward), peak memory;
-3. t_UNet(b) at exactly the batch sizes the method used (median of ``repeats``), forward+backward
-   where it back-propagated; overhead = wall / Σ_b calls_b · t_UNet(b) (+ backward term);
+3. t_UNet(b) at exactly the batch sizes the method used (median of ``repeats``), measured right before
+   and right after step 2 and averaged, forward+backward where it back-propagated;
+   overhead = wall / Σ_b calls_b · t_UNet(b) (+ backward term);
 4. the method's invert + edit and its reference-shaped baseline (``reference_loops``), alternated
    ``compare_repeats`` times on the same inputs: min seconds of each, their ratio, and the max abs
    difference of the outputs.
@@ -190,9 +191,24 @@ def compare_with_baseline(pipe, spec, image, item, repeats: int, seed: int, refe
             "equal": (diff <= EQUAL_ATOL * scale) if fp32 else None, "rounds": max(1, repeats)}
 
 
+def average_latency(first: UNetLatency, second: UNetLatency) -> UNetLatency:
+    """Per batch size, the mean of two measurements (one if only one has it)."""
+    def merge(a: dict, b: dict) -> dict:
+        return {k: (a[k] + b[k]) / 2 if k in a and k in b else a.get(k, b.get(k)) for k in set(a) | set(b)}
+
+    return UNetLatency(merge(first.forward, second.forward), merge(first.forward_backward, second.forward_backward))
+
+
 def bench_method(pipe, spec, item, image, work_dir: Path, options: PerfOptions, reference_pipe=None) -> MethodResult:
     pipe.scheduler = build_scheduler(spec.scheduler_cfg)
+    before = pipe.counter.snapshot()
     run_job(pipe, spec, [item], work_dir / "warmup" / spec.label, options.seed)
+    warm = pipe.counter.since(before)
+    # t_UNet is measured right before and right after the timed item(s) and the two medians averaged,
+    # so a change of machine load during the item affects numerator and denominator alike
+    batches = [int(b) for b in warm["forward_calls_by_batch"]]
+    backward_batches = [int(b) for b in warm["backward_calls_by_batch"]]
+    latency_before = measure_unet(pipe, batches, options.repeats, backward_batches)
 
     best = None
     for repeat in range(max(1, options.item_repeats)):
@@ -209,7 +225,9 @@ def bench_method(pipe, spec, item, image, work_dir: Path, options: PerfOptions, 
             best = (wall, spent, record, memory)
     wall, spent, record, memory = best
     forward_calls, backward_calls = spent["forward_calls_by_batch"], spent["backward_calls_by_batch"]
-    latency = measure_unet(pipe, [int(b) for b in forward_calls], options.repeats, [int(b) for b in backward_calls])
+    latency_after = measure_unet(pipe, [int(b) for b in forward_calls], options.repeats,
+                                 [int(b) for b in backward_calls])
+    latency = average_latency(latency_before, latency_after)
     denominator = model_seconds(forward_calls, backward_calls, latency)
     baseline = None
     if options.baselines:

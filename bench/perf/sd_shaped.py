@@ -83,7 +83,9 @@ def build_sd14_random_pipeline(scheduler_cfg: dict, device: str = "cpu", dtype: 
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     modules = build_modules(torch_device, seed)
     for module in modules.values():
-        module.to(dtype=torch_dtype).eval().requires_grad_(False)
+        if torch_dtype != torch.float32:  # built in fp32
+            module.to(dtype=torch_dtype)
+        module.eval().requires_grad_(False)
 
     def image_encoder_loader():
         from transformers import CLIPVisionConfig, CLIPVisionModel
