@@ -88,8 +88,9 @@ def test_committed_evaluators_load_through_their_libraries():
                             pretrained_cfg_overlay=dict(file=str(folder / "toy-vit.safetensors")), **kwargs)
     reference = ev.load_vit(folder)
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(vit(x), reference(x), atol=1e-5)
+    with torch.no_grad():  # timm's pretrained path re-initialises the 21-way head (its cfg says 1000 classes);
+        # the transformer (what Structure-dist reads) is loaded exactly
+        assert torch.equal(vit.forward_features(x), reference.forward_features(x))
     net = alexnet()
     missing, unexpected = net.load_state_dict(load_file(folder / "toy-alexnet.safetensors"), strict=False)
     assert not unexpected and all(k.startswith("classifier.") for k in missing)
