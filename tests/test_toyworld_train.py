@@ -94,3 +94,28 @@ def test_stopped_and_resumed_training_equals_uninterrupted(trained, tmp_path, st
         for name, state in straight[group].items():
             for key, value in state.items():
                 assert torch.equal(value, resumed[group][name][key]), (group, name, key)
+
+
+def test_from_weights_continues_the_exported_unet(trained, tmp_path):
+    """--from-weights with an empty --out: the text encoder / VAE come from the exported pipeline and the
+    UNet starts from its exported weights (so zero further steps reproduce them up to fp16 rounding)."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    weights = tmp_path / "weights"
+    shutil.copytree(trained / "weights" / "toy-sd", weights / "toy-sd")
+    unet = UNet2DConditionModel.from_pretrained(weights / "toy-sd" / "unet")
+    with torch.no_grad():  # mark the exported weights so a fresh init cannot pass for them
+        for p in unet.parameters():
+            p.add_(0.05)
+    unet.save_pretrained(weights / "toy-sd" / "unet")
+    before = unet.state_dict()
+    args = _train_args(tmp_path / "out", weights, stage="generator", extra=("--from-weights",),
+                       steps={**STEPS, "unet": 1})
+    assert args.func(args) == 0
+    assert not (tmp_path / "out" / "clip" / "ckpt.pt").exists() and not (tmp_path / "out" / "vae" / "ckpt.pt").exists()
+    after = UNet2DConditionModel.from_pretrained(weights / "toy-sd" / "unet").state_dict()
+    # one small step from the exported weights: close to them, not a fresh random init (0.05 away)
+    diffs = [float((after[k].float() - before[k].float()).abs().max()) for k in before]
+    assert max(diffs) < 0.01
