@@ -191,6 +191,7 @@ def test_perf_command_end_to_end(tmp_path, capsys):
     for row in rows:
         assert not row["error"]
         assert float(row["overhead"]) > 0 and float(row["wall_s"]) > 0 and row["equal"] == "True"
+        assert float(row["overhead_cpu"]) > 0 and float(row["speedup_cpu"]) > 0
     by_method = {r["method"]: r for r in rows}
     assert by_method["ef_ddpm"]["nfe_fwd"] == str(2 * 5 + 2 * (5 - 2))  # T=5, skip round(36·5/100)=2
     assert int(by_method["null_text_p2p"]["nfe_bwd"]) > 0

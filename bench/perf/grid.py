@@ -70,10 +70,13 @@ def run_grid(pipe, model: str, item, work_dir: str | Path, label: str = "ef_ddpm
 
     def timed(fn):
         synchronize(pipe.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         out = fn()
         synchronize(pipe.device)
+        cpu_seconds.append(time.process_time() - cpu_start)
         return out, time.perf_counter() - start
+
+    cpu_seconds: list[float] = []
 
     def shared():
         computed = loaded = 0
@@ -100,4 +103,6 @@ def run_grid(pipe, model: str, item, work_dir: str | Path, label: str = "ef_ddpm
     independent_nfe = pipe.counter.nfe - before
     points = [{"skip": s.method.skip, "cfg_tar": s.method.cfg_tar} for s in specs]
     return GridResult(label, points, shared_seconds, independent_seconds, computed, loaded, independent_computed,
-                      shared_nfe, independent_nfe, int(specs[0].config["num_diffusion_steps"]))
+                      shared_nfe, independent_nfe, int(specs[0].config["num_diffusion_steps"]),
+                      {"shared_cpu_seconds": cpu_seconds[0], "independent_cpu_seconds": cpu_seconds[1],
+                       "speedup_cpu": cpu_seconds[1] / cpu_seconds[0] if pipe.device.type == "cpu" else None})

@@ -37,13 +37,33 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def time_call_cpu(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call of ``fn``.
+
+    On a shared CPU machine with one torch thread, CPU seconds are the work done whatever the other
+    processes do (waiting for a core is not counted), so ratios of CPU seconds stay meaningful when
+    wall-clock ratios are blurred by the machine's load."""
+    synchronize(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
 def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
     """Median over ``repeats`` timed calls after ``warmup`` untimed ones."""
+    return median_seconds_cpu(fn, device, repeats, warmup)[0]
+
+
+def median_seconds_cpu(fn: Callable[[], object], device: torch.device, repeats: int,
+                       warmup: int = 2) -> tuple[float, float]:
+    """(median wall, median CPU) seconds over ``repeats`` timed calls after ``warmup`` untimed ones."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats}: expected at least 1")
     for _ in range(warmup):
         fn()
-    return statistics.median(time_call(fn, device) for _ in range(repeats))
+    samples = [time_call_cpu(fn, device) for _ in range(repeats)]
+    return statistics.median(w for w, _ in samples), statistics.median(c for _, c in samples)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,6 +82,14 @@ class UNetLatency:
                 "forward_backward": {str(b): s for b, s in sorted(self.forward_backward.items())}}
 
 
+@dataclass
+class UNetTimings:
+    """The same measurement in wall seconds and in process CPU seconds."""
+
+    wall: UNetLatency = field(default_factory=UNetLatency)
+    cpu: UNetLatency = field(default_factory=UNetLatency)
+
+
 def unet_inputs(pipe, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Latents, a timestep (as the methods pass it: an element of scheduler.timesteps) and embeddings."""
     generator = torch.Generator("cpu").manual_seed(batch)
@@ -75,13 +103,19 @@ def unet_inputs(pipe, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 
 def measure_unet(pipe, batch_sizes, repeats: int = 5, backward_batch_sizes=(), warmup: int = 2) -> UNetLatency:
+    """t_UNet in wall seconds (see ``measure_unet_timings``)."""
+    return measure_unet_timings(pipe, batch_sizes, repeats, backward_batch_sizes, warmup).wall
+
+
+def measure_unet_timings(pipe, batch_sizes, repeats: int = 5, backward_batch_sizes=(),
+                         warmup: int = 2) -> UNetTimings:
     """t_UNet(b) for every b (no-grad forward, the methods' default attention processors) and, for the
     b in ``backward_batch_sizes``, a forward with autograd w.r.t. the text embedding (as Null-text
     inversion optimises ∅) plus the backward of a mean-square loss. UNet calls made here are removed
     from ``pipe.counter`` again, so measuring does not change a method's counts."""
     counter = pipe.counter
     saved_forward, saved_backward = counter.forward_calls.copy(), counter.backward_calls.copy()
-    latency = UNetLatency()
+    timings = UNetTimings()
     try:
         for batch in sorted(set(int(b) for b in batch_sizes)):
             latents, t, text = unet_inputs(pipe, batch)
@@ -90,7 +124,8 @@ def measure_unet(pipe, batch_sizes, repeats: int = 5, backward_batch_sizes=(), w
                 with torch.no_grad():
                     return pipe.unet(latents, t, encoder_hidden_states=text).sample
 
-            latency.forward[batch] = median_seconds(forward, pipe.device, repeats, warmup)
+            timings.wall.forward[batch], timings.cpu.forward[batch] = median_seconds_cpu(forward, pipe.device,
+                                                                                         repeats, warmup)
         for batch in sorted(set(int(b) for b in backward_batch_sizes)):
             latents, t, text = unet_inputs(pipe, batch)
 
@@ -101,13 +136,14 @@ def measure_unet(pipe, batch_sizes, repeats: int = 5, backward_batch_sizes=(), w
                     out.float().square().mean().backward()
                 return embedding.grad
 
-            latency.forward_backward[batch] = median_seconds(forward_backward, pipe.device, repeats, warmup)
+            timings.wall.forward_backward[batch], timings.cpu.forward_backward[batch] = median_seconds_cpu(
+                forward_backward, pipe.device, repeats, warmup)
     finally:
         counter.forward_calls.clear()
         counter.forward_calls.update(saved_forward)
         counter.backward_calls.clear()
         counter.backward_calls.update(saved_backward)
-    return latency
+    return timings
 
 
 def model_seconds(forward_calls: Mapping, backward_calls: Mapping, latency: UNetLatency) -> float:

@@ -10,8 +10,9 @@ from pathlib import Path
 from bench.io import atomic_path
 
 METHOD_COLUMNS = ["method", "steps", "nfe_fwd", "nfe_bwd", "calls_by_batch", "wall_s", "invert_s", "edit_s",
-                  "t_unet_ms", "unet_model_s", "overhead", "peak_mem_mb", "mem_increase_mb", "baseline_calls",
-                  "baseline_s", "method_s", "speedup_vs_baseline", "max_abs_diff", "equal", "error"]
+                  "t_unet_ms", "unet_model_s", "overhead", "cpu_s", "overhead_cpu", "peak_mem_mb", "mem_increase_mb",
+                  "baseline_calls", "baseline_s", "method_s", "speedup_vs_baseline", "speedup_cpu", "max_abs_diff",
+                  "equal", "error"]
 
 
 def _calls(calls: dict) -> str:
@@ -38,11 +39,12 @@ def method_rows(report) -> list[dict]:
         rows.append({
             "method": m.label, "steps": m.steps, "nfe_fwd": m.nfe, "nfe_bwd": m.nfe_backward, "calls_by_batch": calls,
             "wall_s": m.wall_seconds, "invert_s": m.inversion_seconds, "edit_s": m.edit_seconds, "t_unet_ms": t_unet,
-            "unet_model_s": m.model_seconds, "overhead": m.overhead, "peak_mem_mb": m.peak_memory_bytes / 2**20,
+            "unet_model_s": m.model_seconds, "overhead": m.overhead, "cpu_s": m.cpu_seconds,
+            "overhead_cpu": m.overhead_cpu, "peak_mem_mb": m.peak_memory_bytes / 2**20,
             "mem_increase_mb": m.memory_increase_bytes / 2**20,
             "baseline_calls": _calls(base["reference_calls"]) if base else "-",
             "baseline_s": base.get("reference_seconds"), "method_s": base.get("method_seconds"),
-            "speedup_vs_baseline": base.get("speedup"), "max_abs_diff": base.get("max_abs_diff"),
+            "speedup_vs_baseline": base.get("speedup"), "speedup_cpu": base.get("speedup_cpu"), "max_abs_diff": base.get("max_abs_diff"),
             "equal": base.get("equal"), "error": m.error or "",
         })
     return rows
@@ -55,6 +57,8 @@ def grid_row(grid) -> dict:
             "shared_inversions": f"{grid.shared_inversions_computed} computed, {grid.shared_inversions_loaded} loaded",
             "independent_inversions": grid.independent_inversions_computed,
             "shared_nfe": grid.shared_nfe, "independent_nfe": grid.independent_nfe,
+            "shared_cpu_s": grid.extra.get("shared_cpu_seconds"),
+            "independent_cpu_s": grid.extra.get("independent_cpu_seconds"), "speedup_cpu": grid.extra.get("speedup_cpu"),
             "nfe_ratio": grid.independent_nfe / grid.shared_nfe if grid.shared_nfe else math.nan}
 
 
@@ -64,6 +68,8 @@ def markdown(report) -> str:
         f"# bench perf — model `{o['model']}`, {m['device']}, {m['dtype']}", "",
         f"- command: `{o['command']}`",
         f"- date (UTC): {m['date_utc']}; git {m['git'].get('sha')}{' (dirty)' if m['git'].get('dirty') else ''}",
+        f"- model: {m.get('model', {}).get('model_id')} (weights fingerprint "
+        f"{m.get('model', {}).get('weights_fingerprint')})",
         f"- machine: {m['cpu']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}"
         + (f", GPU {m['gpu']}" if m.get("gpu") else ""),
         f"- versions: torch {m['torch']}, diffusers {m['diffusers']}, transformers {m['transformers']}, "
@@ -77,19 +83,20 @@ def markdown(report) -> str:
         "overhead = wall / Σ_b calls_b·t_UNet(b) (+ backward calls·(t_fwd+bwd − t_fwd)); t_UNet = median no-grad "
         "forward at batch b with fused attention (fb = forward+backward); baseline = reference-shaped loop "
         "(bench/perf/reference_loops.py), speedup = baseline_s / method_s (min of alternated runs, invert + edit "
-        "only); equal: max |Δ| ≤ 1e-4·max(1, max|ref|) in fp32.", "",
+        "only); *_cpu: the same ratios in process CPU seconds (CPU device; robust to other processes' load when "
+        "torch runs one thread); equal: max |Δ| ≤ 1e-4·max(1, max|ref|) in fp32.", "",
     ]
     rows = method_rows(report)
     header = ["method", "steps", "nfe_fwd", "nfe_bwd", "calls_by_batch", "wall_s", "t_unet_ms", "overhead",
-              "peak_mem_mb", "baseline_calls", "baseline_s", "method_s", "speedup_vs_baseline", "max_abs_diff",
-              "equal"]
+              "overhead_cpu", "peak_mem_mb", "baseline_calls", "baseline_s", "method_s", "speedup_vs_baseline",
+              "speedup_cpu", "max_abs_diff", "equal"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for row in rows:
         cells = []
         for key in header:
             value = row[key]
-            digits = 2 if key in ("speedup_vs_baseline", "peak_mem_mb") else 3
+            digits = 2 if key in ("speedup_vs_baseline", "speedup_cpu", "peak_mem_mb") else 3
             cells.append(f"{value:.2g}" if key == "max_abs_diff" and isinstance(value, float) else _fmt(value, digits))
         lines.append("| " + " | ".join(cells) + " |")
     errors = [r for r in rows if r["error"]]
@@ -104,7 +111,9 @@ def markdown(report) -> str:
                   f"{g['shared_nfe']} |",
                   f"| independent (inversion recomputed per point) | {g['independent_s']:.3f} | "
                   f"{g['independent_inversions']} computed | {g['independent_nfe']} |", "",
-                  f"speedup ×{g['speedup']:.2f} (NFE ratio ×{g['nfe_ratio']:.2f})"]
+                  f"speedup ×{g['speedup']:.2f} (NFE ratio ×{g['nfe_ratio']:.2f}"
+                  + (f"; CPU seconds {g['shared_cpu_s']:.3f} vs {g['independent_cpu_s']:.3f}, ×{g['speedup_cpu']:.2f}"
+                     if g.get("speedup_cpu") else "") + ")"]
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,13 @@ from bench.models import build_scheduler
 from bench.perf import reference_loops
 from bench.perf.grid import DEFAULT_CFG_TAR, DEFAULT_SKIP_FRACTIONS, GridResult, run_grid
 from bench.perf.jobs import run_job
-from bench.perf.measure import PeakMemory, UNetLatency, measure_unet, model_seconds, time_call
+from bench.perf.measure import (
+    PeakMemory,
+    UNetLatency,
+    measure_unet_timings,
+    model_seconds,
+    time_call_cpu,
+)
 from bench.perf.setup import load_model, method_labels, method_spec, source_tensor, write_item
 
 EQUAL_ATOL = 1e-4  # fp32 outputs of a method and its baseline: max |Δ| ≤ 1e-4 · max(1, max |reference|)
@@ -78,6 +84,10 @@ class MethodResult:
     overhead: float
     peak_memory_bytes: int
     memory_increase_bytes: int
+    cpu_seconds: float = math.nan
+    cpu_latency: dict | None = None
+    cpu_model_seconds: float = math.nan
+    overhead_cpu: float | None = None  # CPU only: process CPU seconds / Σ calls·CPU t_UNet (load-robust)
     baseline: dict | None = None
     error: str | None = None
 
@@ -161,6 +171,7 @@ def compare_with_baseline(pipe, spec, image, item, repeats: int, seed: int, refe
     pipes = {"method": pipe, "reference": reference_pipe}
     images = {"method": image, "reference": image.to(reference_pipe.device, reference_pipe.dtype)}
     times: dict[str, list[float]] = {"method": [], "reference": []}
+    cpu_times: dict[str, list[float]] = {"method": [], "reference": []}
     outputs: dict[str, torch.Tensor] = {}
     calls: dict[str, dict] = {}
     runs = {"method": pair.method_run, "reference": pair.reference_run}
@@ -169,11 +180,12 @@ def compare_with_baseline(pipe, spec, image, item, repeats: int, seed: int, refe
         for side in order:
             side_pipe = pipes[side]
             before = side_pipe.counter.snapshot()
-            seconds = time_call(
+            seconds, cpu = time_call_cpu(
                 lambda side=side, side_pipe=side_pipe: outputs.__setitem__(side, runs[side](side_pipe, images[side],
                                                                                             item)),
                 side_pipe.device)
             times[side].append(seconds)
+            cpu_times[side].append(cpu)
             calls[side] = side_pipe.counter.since(before)
     method_out, reference_out = outputs["method"].float(), outputs["reference"].float()
     diff = (method_out - reference_out).abs().max().item()
@@ -183,6 +195,9 @@ def compare_with_baseline(pipe, spec, image, item, repeats: int, seed: int, refe
             "method_seconds": min(times["method"]),
             "reference_seconds": min(times["reference"]),
             "speedup": min(times["reference"]) / min(times["method"]),
+            "method_cpu_seconds": min(cpu_times["method"]), "reference_cpu_seconds": min(cpu_times["reference"]),
+            "speedup_cpu": (min(cpu_times["reference"]) / min(cpu_times["method"])
+                            if pipe.device.type == "cpu" else None),
             "method_calls": calls["method"]["forward_calls_by_batch"],
             "reference_calls": calls["reference"]["forward_calls_by_batch"],
             "method_backward_calls": calls["method"]["backward_calls_by_batch"],
@@ -208,7 +223,7 @@ def bench_method(pipe, spec, item, image, work_dir: Path, options: PerfOptions, 
     # so a change of machine load during the item affects numerator and denominator alike
     batches = [int(b) for b in warm["forward_calls_by_batch"]]
     backward_batches = [int(b) for b in warm["backward_calls_by_batch"]]
-    latency_before = measure_unet(pipe, batches, options.repeats, backward_batches)
+    timings_before = measure_unet_timings(pipe, batches, options.repeats, backward_batches)
 
     best = None
     for repeat in range(max(1, options.item_repeats)):
@@ -217,18 +232,20 @@ def bench_method(pipe, spec, item, image, work_dir: Path, options: PerfOptions, 
         before = pipe.counter.snapshot()
         with PeakMemory(pipe.device) as memory:
             holder = {}
-            wall = time_call(lambda: holder.setdefault("out", run_job(pipe, spec, [item], results_dir, options.seed)),
-                             pipe.device)
+            wall, cpu = time_call_cpu(
+                lambda: holder.setdefault("out", run_job(pipe, spec, [item], results_dir, options.seed)), pipe.device)
         spent = pipe.counter.since(before)
         record = holder["out"][1][0]
         if best is None or wall < best[0]:
-            best = (wall, spent, record, memory)
-    wall, spent, record, memory = best
+            best = (wall, spent, record, memory, cpu)
+    wall, spent, record, memory, cpu = best
     forward_calls, backward_calls = spent["forward_calls_by_batch"], spent["backward_calls_by_batch"]
-    latency_after = measure_unet(pipe, [int(b) for b in forward_calls], options.repeats,
-                                 [int(b) for b in backward_calls])
-    latency = average_latency(latency_before, latency_after)
+    timings_after = measure_unet_timings(pipe, [int(b) for b in forward_calls], options.repeats,
+                                         [int(b) for b in backward_calls])
+    latency = average_latency(timings_before.wall, timings_after.wall)
+    cpu_latency = average_latency(timings_before.cpu, timings_after.cpu)
     denominator = model_seconds(forward_calls, backward_calls, latency)
+    cpu_denominator = model_seconds(forward_calls, backward_calls, cpu_latency)
     baseline = None
     if options.baselines:
         baseline = compare_with_baseline(pipe, spec, image, item, options.compare_repeats, options.seed,
@@ -239,12 +256,14 @@ def bench_method(pipe, spec, item, image, work_dir: Path, options: PerfOptions, 
         inversion_seconds=float(record["cost"]["inversion_seconds"]), edit_seconds=float(record["cost"]["edit_seconds"]),
         latency=latency.as_dict(), model_seconds=denominator,
         overhead=wall / denominator if denominator > 0 else math.inf,
+        cpu_seconds=cpu, cpu_latency=cpu_latency.as_dict(), cpu_model_seconds=cpu_denominator,
+        overhead_cpu=cpu / cpu_denominator if pipe.device.type == "cpu" and cpu_denominator > 0 else None,
         peak_memory_bytes=memory.peak_bytes, memory_increase_bytes=memory.increase_bytes, baseline=baseline)
 
 
 def failed_result(label: str, steps, err: Exception) -> MethodResult:
     return MethodResult(label, steps, 0, 0, {}, {}, math.nan, math.nan, math.nan, UNetLatency().as_dict(), math.nan,
-                        math.nan, 0, 0, None, f"{type(err).__name__}: {err}")
+                        math.nan, 0, 0, error=f"{type(err).__name__}: {err}")
 
 
 def apply_compile(pipe) -> None:
@@ -268,6 +287,7 @@ def run_perf(options: PerfOptions, log=print) -> PerfReport:
         reference_pipe = load_model(options.model, first.scheduler_cfg, device=options.device,
                                     dtype=options.baseline_dtype)
     report = PerfReport(options=dict(options.__dict__), machine=machine_info(pipe.device, options.dtype))
+    report.machine["model"] = pipe.identity()
     work_dir = Path(tempfile.mkdtemp(prefix="bench-perf-"))
     try:
         item = write_item(work_dir / "data", pipe.resolution)
@@ -283,7 +303,7 @@ def run_perf(options: PerfOptions, log=print) -> PerfReport:
                 log(f"[perf] {label} FAILED: {result.error}")
             else:
                 log(f"[perf] {label}: wall {result.wall_seconds:.3f} s, NFE {result.nfe}, "
-                    f"overhead {result.overhead:.3f}"
+                    f"overhead {result.overhead:.3f} (CPU time: {result.overhead_cpu})"
                     + (f", baseline ×{result.baseline['speedup']:.2f} (Δ {result.baseline['max_abs_diff']:.2g})"
                        if result.baseline else ""))
             report.methods.append(result)
