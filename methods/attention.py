@@ -118,9 +118,14 @@ def attention_layers(unet) -> dict[str, AttentionLayer]:
     return layers
 
 
-def sd_equivalent_resolution(unet, sd_resolution: int) -> int:
-    """This UNet's attention resolution standing for ``sd_resolution`` at SD's 64² latent (see module doc)."""
-    available = sorted({layer.resolution for layer in attention_layers(unet).values()})
+def sd_equivalent_resolution(unet, sd_resolution: int, places: Sequence[str] = ("down", "up")) -> int:
+    """This UNet's attention resolution standing for ``sd_resolution`` at SD's 64² latent (see module doc).
+
+    Candidates are the resolutions of the layers in ``places``: the references' hard-coded sizes
+    (16² LocalBlend / NS-LPIPS / StyleDiffusion-loss maps, 16²/32² self-replacement limits) name down/up
+    maps, and a small UNet's mid block (4² in the toy model, below every down/up level) must not capture
+    a size whose maps are read from down/up layers."""
+    available = sorted({layer.resolution for layer in attention_layers(unet).values() if layer.place in places})
     target = sd_resolution * int(unet.config.sample_size) / SD_LATENT_SIZE
     return next((r for r in available if r >= target), available[-1])
 

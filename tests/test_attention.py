@@ -9,7 +9,7 @@ import torch
 
 from bench.data.item import EditItem
 from methods.attention import (AttentionController, AttentionRefine, AttentionStore, LocalBlend, align_tokens,
-                               attention_control, build_p2p_controller, cross_replace_schedule, replacement_mapper,
+                               attention_control, attention_layers, build_p2p_controller, cross_replace_schedule, replacement_mapper,
                                sd_equivalent_resolution, step_window, word_token_indices)
 from methods.ddim_p2p import DDIMP2P
 from methods.ef_ddpm_p2p import EFDDPMP2P
@@ -34,7 +34,8 @@ def test_sizes_follow_the_pipeline(tiny_pipe):
     names += [f"mid_block.attentions.0.transformer_blocks.0.attn{a}.processor" for a in (1, 2)]
     sd_unet = SimpleNamespace(config=SimpleNamespace(sample_size=64, block_out_channels=(320, 640, 1280, 1280)),
                               attn_processors=dict.fromkeys(names))
-    assert [sd_equivalent_resolution(sd_unet, r) for r in (8, 16, 32, 64)] == [8, 16, 32, 64]
+    assert [sd_equivalent_resolution(sd_unet, r) for r in (16, 32, 64)] == [16, 32, 64]  # SD: identity
+    assert sd_equivalent_resolution(sd_unet, 8, places=("down", "mid", "up")) == 8  # SD's mid block
 
 
 @torch.no_grad()
@@ -178,3 +179,18 @@ def test_value_context_hook_changes_only_cross_attention_values(tiny_pipe):
             scaled = tiny_pipe.unet_eps(x, 500, context)
     assert not torch.allclose(plain, scaled)
     assert len(controller.seen) == 7 and all(layer.is_cross for layer in controller.seen)
+
+
+def test_sd_equivalent_resolution_ignores_a_lower_mid_block():
+    """A three-level UNet (latent 16: down/up at 16 and 8, mid at 4, like the toy model): SD's 16² maps
+    (LocalBlend, NS-LPIPS, StyleDiffusion's loss) are down/up maps, so they map to 8, not to the mid 4²."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=16, block_out_channels=(32, 64, 64), layers_per_block=1, cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=2, norm_num_groups=16)
+    resolutions = {(layer.place, layer.resolution) for layer in attention_layers(unet).values()}
+    assert ("mid", 4) in resolutions
+    assert sd_equivalent_resolution(unet, 16) == 8 and sd_equivalent_resolution(unet, 32) == 8
