@@ -166,6 +166,17 @@ def test_grid_reuse_does_one_inversion_for_nine_points(perf_pipe, perf_item, tmp
     assert result.speedup > 0
 
 
+def test_a_failing_grid_still_writes_the_method_table(tmp_path):
+    from bench.cli import run_command
+
+    out = tmp_path / "perf"
+    code = run_command(["perf", "--model", "tiny_random", "--methods", "sdedit", "--steps", "4", "--repeats", "1",
+                        "--compare-repeats", "1", "--grid-skip", "0.3,0.36,0.4", "--threads", "1", "--out", str(out)])
+    assert code == 1
+    assert "Grid failed: ValueError: grid points collide" in (out / "perf.md").read_text()
+    assert [r["method"] for r in csv.DictReader((out / "methods.csv").open())] == ["sdedit"]
+
+
 def test_grid_points_must_be_distinct():
     with pytest.raises(ValueError, match="collide"):
         grid_specs("tiny_random", "ef_ddpm", 4, (0.3, 0.36, 0.4), (9.0, 12.0, 15.0))

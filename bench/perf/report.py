@@ -102,6 +102,8 @@ def markdown(report) -> str:
     errors = [r for r in rows if r["error"]]
     if errors:
         lines += ["", "Errors:"] + [f"- {r['method']}: {r['error']}" for r in errors]
+    if report.grid_error:
+        lines += ["", f"Grid failed: {report.grid_error}"]
     if report.grid is not None:
         g = grid_row(report.grid)
         lines += ["", f"## Ablation grid: {g['method']} {g['points']} points (T={g['steps']}, T_skip {g['skips']} × "

@@ -101,11 +101,14 @@ class PerfReport:
     machine: dict
     methods: list[MethodResult] = field(default_factory=list)
     grid: GridResult | None = None
+    grid_error: str | None = None
     total_seconds: float = 0.0
 
     def failures(self) -> list[str]:
         """Methods that errored, or whose fp32 output differs from the baseline beyond tolerance."""
         bad = [f"{m.label}: {m.error}" for m in self.methods if m.error]
+        if self.grid_error:
+            bad.append(f"grid: {self.grid_error}")
         for m in self.methods:
             if m.baseline and m.baseline.get("equal") is False:
                 bad.append(f"{m.label}: output differs from its reference-shaped baseline by "
@@ -115,7 +118,7 @@ class PerfReport:
     def as_dict(self) -> dict:
         return {"options": self.options, "machine": self.machine, "total_seconds": self.total_seconds,
                 "methods": [m.as_dict() for m in self.methods],
-                "grid": self.grid.as_dict() if self.grid else None}
+                "grid": self.grid.as_dict() if self.grid else None, "grid_error": self.grid_error}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,10 +312,15 @@ def run_perf(options: PerfOptions, log=print) -> PerfReport:
             report.methods.append(result)
         if options.grid:
             log(f"[perf] grid: {options.grid_method} {len(options.grid_skip)}×{len(options.grid_cfg)} ...")
-            report.grid = run_grid(pipe, options.model, item, work_dir / "grid", options.grid_method, options.steps,
-                                   options.grid_skip, options.grid_cfg, options.seed)
-            log(f"[perf] grid: shared {report.grid.shared_seconds:.2f} s vs independent "
-                f"{report.grid.independent_seconds:.2f} s (×{report.grid.speedup:.2f})")
+            try:
+                report.grid = run_grid(pipe, options.model, item, work_dir / "grid", options.grid_method,
+                                       options.steps, options.grid_skip, options.grid_cfg, options.seed)
+            except Exception as err:  # the per-method numbers are still written
+                report.grid_error = f"{type(err).__name__}: {err}"
+                log(f"[perf] grid FAILED: {report.grid_error}")
+            else:
+                log(f"[perf] grid: shared {report.grid.shared_seconds:.2f} s vs independent "
+                    f"{report.grid.independent_seconds:.2f} s (×{report.grid.speedup:.2f})")
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     report.total_seconds = time.perf_counter() - start
