@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: help setup run test test-slow tables report clean
+.PHONY: help setup run run-tiny test test-slow tables report perf toy-weights clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install editbench with test extras
 
-run: setup ## the main job (ARGS="..." adds Hydra overrides)
-	$(BENCH) $(ARGS)
+run: setup ## the main job: every method x the toy edit suite x every metric (offline, CPU)
+	$(BENCH) experiment=toy_default $(ARGS)
+
+run-tiny: setup ## a 1-minute smoke job: SDEdit on the EF examples with the tiny random pipeline
+	$(BENCH) model=tiny_random method=sdedit dataset=ef_examples method.num_inference_steps=10 $(ARGS)
 
 test: setup ## the test suite, offline (PYTEST_ARGS="..." for more)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -38,6 +41,12 @@ tables: setup ## aggregate a results dir: make tables RESULTS=results/default
 
 report: setup ## HTML report of a results dir: make report RESULTS=results/default
 	$(BENCH) report $(or $(RESULTS),results/default)
+
+perf: setup ## cost per method, overhead ratio, baselines, grid reuse (ARGS="--model toy ...")
+	$(BENCH) perf $(ARGS)
+
+toy-weights: setup ## retrain the toy world from its seed (resumable; hours on CPU)
+	$(BENCH) toy train --stage all $(ARGS)
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf results/*/ .cache/editbench .pytest_cache
