@@ -42,8 +42,8 @@ tables: setup ## aggregate a results dir: make tables RESULTS=results/default
 report: setup ## HTML report of a results dir: make report RESULTS=results/default
 	$(BENCH) report $(or $(RESULTS),results/default)
 
-perf: setup ## cost per method, overhead ratio, baselines, grid reuse (ARGS="--model toy ...")
-	$(BENCH) perf $(ARGS)
+perf: setup ## cost per method, overhead ratio, baselines, grid reuse (on the toy model, CPU)
+	$(BENCH) perf --model toy --threads 1 --out results/perf/toy_cpu_float32 $(ARGS)
 
 toy-weights: setup ## retrain the toy world from its seed (resumable; hours on CPU)
 	$(BENCH) toy train --stage all $(ARGS)
