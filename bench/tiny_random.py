@@ -24,7 +24,7 @@ TINY_VERSION = "v1"
 CLIP_VOCAB_SIZE = 49408
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP byte → printable-unicode table (every byte gets a visible character)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
         range(ord("®"), ord("ÿ") + 1))
@@ -41,15 +41,22 @@ def _bytes_to_unicode() -> dict[int, str]:
 def write_clip_tokenizer(directory: str | Path) -> Path:
     """Write vocab.json, merges.txt and tokenizer configs of the real CLIP tokenizer (offline)."""
     import open_clip
-    from transformers import CLIPTokenizer
 
     bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     lines = gzip.open(bpe_path, "rt", encoding="utf-8").read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]  # as CLIP's simple_tokenizer
-    byte_chars = list(_bytes_to_unicode().values())
+    byte_chars = list(bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     assert len(vocab) == CLIP_VOCAB_SIZE, len(vocab)
+    return write_bpe_tokenizer(directory, vocab, merges, model_max_length=77)
+
+
+def write_bpe_tokenizer(directory: str | Path, vocab: list[str], merges: list[tuple[str, str]],
+                        **tokenizer_kwargs) -> Path:
+    """Write a CLIP-style BPE tokenizer (vocab.json, merges.txt, tokenizer.json and configs) loadable with
+    ``CLIPTokenizer.from_pretrained(directory)``; the slow files are kept for loaders that read them."""
+    from transformers import CLIPTokenizer
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -57,7 +64,7 @@ def write_clip_tokenizer(directory: str | Path) -> Path:
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
                                           encoding="utf-8")
     tokenizer = CLIPTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"),
-                              model_max_length=77)
+                              **tokenizer_kwargs)
     tokenizer.save_pretrained(directory)
     return directory
 

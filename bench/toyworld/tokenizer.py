@@ -9,10 +9,9 @@ keeps the text encoder's embedding table at ~600 rows instead of 49,408.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from bench.tiny_random import _bytes_to_unicode
+from bench.tiny_random import bytes_to_unicode, write_bpe_tokenizer
 from bench.toyworld.generator import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -36,7 +35,7 @@ def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list
 
 def build_vocab() -> tuple[list[str], list[tuple[str, str]]]:
     """(vocabulary in id order, merges in rank order)."""
-    byte_chars = list(_bytes_to_unicode().values())
+    byte_chars = list(bytes_to_unicode().values())
     merges: list[tuple[str, str]] = []
     ranks: dict[tuple[str, str], int] = {}
     for word in caption_words():
@@ -56,18 +55,8 @@ def build_vocab() -> tuple[list[str], list[tuple[str, str]]]:
 
 def write_toy_tokenizer(directory: str | Path) -> Path:
     """Write vocab.json, merges.txt, tokenizer.json and configs (loadable by CLIPTokenizer)."""
-    from transformers import CLIPTokenizer
-
     vocab, merges = build_vocab()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
-                                          encoding="utf-8")
-    tokenizer = CLIPTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"),
-                              model_max_length=MODEL_MAX_LENGTH, pad_token=EOS)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return write_bpe_tokenizer(directory, vocab, merges, model_max_length=MODEL_MAX_LENGTH, pad_token=EOS)
 
 
 def vocab_size() -> int:
