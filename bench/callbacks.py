@@ -81,4 +81,5 @@ class AggregateResults(Callback):
                               results_dir, results_dir)
                 continue
             log.info("merged results of the multirun: %s (tables/, plots/, report/index.html)", results_dir)
+            print(Path(written["tables"]["md"]).read_text(encoding="utf-8"))  # the summary table itself
             print(f"tables: {written['tables']['md']}" + (f"\nreport: {written['report']}" if "report" in written else ""))
