@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,7 +315,3 @@ def load_pipeline(model_cfg: dict[str, Any], scheduler_cfg: dict[str, Any], devi
         model_id=str(model_cfg.get("name") or model_cfg["path"]), weights_fingerprint=fingerprint_dir(local),
         image_encoder_loader=image_encoder_loader,
     )
-
-
-def offline_env() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}

@@ -426,10 +426,6 @@ def write_tables(results_dir: str | Path, papers: Iterable[str] | None = None,
     return paths
 
 
-def describe_table(table: pd.DataFrame) -> dict[str, Any]:
-    return {"rows": len(table), "columns": list(table.columns)}
-
-
 def iter_table_files(results_dir: str | Path) -> Iterable[Path]:
     out = Path(results_dir) / "tables"
     return sorted(p for p in out.glob("*") if p.is_file() and ".tmp-" not in p.name) if out.is_dir() else []
