@@ -74,3 +74,57 @@ def compose_config(overrides: list[str], results_dir: Path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=[f"paths.results_dir={results_dir}", "runtime.progress=false",
                                             *overrides], return_hydra_config=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# stand-ins for datasets that cannot be fetched offline, in their real on-disk formats
+
+
+def write_imagenet_r_tree(parent: Path, size: int = 32) -> Path:
+    """An extracted ImageNet-R tree (``<parent>/imagenet-r/<wnid>/<file>``) holding a small JPEG for every
+    image of the imagenet_r_ti2i manifest; returns ``parent`` (usable as ``dataset.user_root``)."""
+    from PIL import Image
+
+    from bench.data.manifest import load_manifest, manifest_path
+
+    for k, entry in enumerate(load_manifest(manifest_path("imagenet_r_ti2i")).images):
+        path = parent / entry.member
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (size, size), (40 + 7 * k, 200 - 5 * k, 90)).save(path)
+    return parent
+
+
+def write_pie_fixture(root: Path, height=24, width=32) -> dict:
+    """A two-entry PIE-Bench root (``mapping_file.json`` + ``annotation_images/``), masks for a
+    ``height`` × ``width`` image; returns the mapping."""
+    import json
+
+    from PIL import Image
+
+    images = root / "annotation_images"
+    mapping = {
+        "000000000001": {
+            "image_path": "1_change_object_80/000000000001.jpg",
+            "original_prompt": "a cat sitting on a wooden bench",
+            "editing_prompt": "a [dog] sitting on a wooden bench",
+            "editing_instruction": "Change the cat to a dog",
+            "editing_type_id": "1",
+            "blended_word": "cat dog",
+            "mask": [3 * width + 5, 10, 4 * width + 5, 10, 5 * width + 4, 12],
+        },
+        "000000000002": {
+            "image_path": "9_change_style_80/000000000002.jpg",
+            "original_prompt": "a photo of a house by a lake",
+            "editing_prompt": "a [watercolor painting] of a house by a lake",
+            "editing_instruction": "Make it a watercolor painting",
+            "editing_type_id": 9,
+            "blended_word": "",
+            "mask": [0, height * width // 2],  # the top half, touching the frame
+        },
+    }
+    for entry in mapping.values():
+        path = images / entry["image_path"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (width, height), (120, 30, 200)).save(path)
+    (root / "mapping_file.json").write_text(json.dumps(mapping), encoding="utf-8")
+    return mapping

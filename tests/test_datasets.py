@@ -21,7 +21,7 @@ from bench.data.item import ItemError
 from bench.data.manifest import ManifestDataset, ManifestError, load_manifest, manifest_path
 from bench.data.pie_bench import EDITING_TYPES, PIEBench, decode_rle_mask
 from bench.data.zero_shot import ZeroShotI2IT, source_md_hashes
-from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.conftest import REPO_ROOT, SHARED_DATA, write_imagenet_r_tree, write_pie_fixture
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data folder absent: {SHARED_DATA}")
 PNP_YAML = SHARED_DATA / "modified_imagenet_r_ti2i/benchmarks/ImageNetR-TI2I/imnetr-ti2i-source-prompt.yaml"
@@ -77,12 +77,7 @@ def test_imagenet_r_manifest_matches_pnp_prompts():
 
 
 def test_imagenet_r_loads_from_user_root_offline(tmp_path, no_network):
-    manifest = load_manifest(manifest_path("imagenet_r_ti2i"))
-    root = tmp_path / "imagenet-r"
-    for entry in manifest.images:  # an extracted ImageNet-R tree: <root>/<wnid>/<file>
-        path = root / Path(entry.member).relative_to("imagenet-r")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(entry.member.encode())
+    root = write_imagenet_r_tree(tmp_path) / "imagenet-r"
     empty_cache = tmp_path / "cache"
     with pytest.raises(ItemError, match=r"penguin/sketch_8.*bench data fetch imagenet_r_ti2i"):
         ImageNetRTI2I(data_dir=str(empty_cache)).items()
@@ -211,36 +206,6 @@ def test_decode_rle_mask_border_rule():
     for bad in ([60, 2], [1, 2, 3], [-1, 2]):
         with pytest.raises(ValueError):
             decode_rle_mask(bad, (h, w))
-
-
-def write_pie_fixture(root: Path, height=24, width=32) -> dict:
-    images = root / "annotation_images"
-    mapping = {
-        "000000000001": {
-            "image_path": "1_change_object_80/000000000001.jpg",
-            "original_prompt": "a cat sitting on a wooden bench",
-            "editing_prompt": "a [dog] sitting on a wooden bench",
-            "editing_instruction": "Change the cat to a dog",
-            "editing_type_id": "1",
-            "blended_word": "cat dog",
-            "mask": [3 * width + 5, 10, 4 * width + 5, 10, 5 * width + 4, 12],
-        },
-        "000000000002": {
-            "image_path": "9_change_style_80/000000000002.jpg",
-            "original_prompt": "a photo of a house by a lake",
-            "editing_prompt": "a [watercolor painting] of a house by a lake",
-            "editing_instruction": "Make it a watercolor painting",
-            "editing_type_id": 9,
-            "blended_word": "",
-            "mask": [0, height * width // 2],  # the top half, touching the frame
-        },
-    }
-    for entry in mapping.values():
-        path = images / entry["image_path"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (width, height), (120, 30, 200)).save(path)
-    (root / "mapping_file.json").write_text(json.dumps(mapping), encoding="utf-8")
-    return mapping
 
 
 def test_pie_bench_loads_with_masks(tmp_path, no_network):
