@@ -252,3 +252,41 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, papers:
     write_text(out, "\n".join(parts))
     return out
 
+
+
+# ----------------------------------------------------------------------------------------------
+# rendering check: headless Chromium
+
+
+def find_chromium() -> str | None:
+    import shutil
+
+    return next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(name)), None)
+
+
+def screenshot_report(html_path: str | Path, png_path: str | Path, chromium: str | None = None,
+                      width: int = 1280, height: int = 1600) -> list[str]:
+    """Render ``html_path`` in headless Chromium (no network, no sync, a throwaway profile), write the
+    screenshot to ``png_path`` and return the page's console lines (script errors show up there)."""
+    import subprocess
+    import tempfile
+
+    chromium = chromium or find_chromium()
+    if chromium is None:
+        raise FileNotFoundError("headless Chromium not found (looked for chromium, chromium-browser, google-chrome "
+                                "on PATH); Debian: apt-get install -y chromium")
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="editbench-chromium-") as profile:
+        result = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-default-apps", "--no-default-browser-check", f"--user-data-dir={profile}",
+             "--enable-logging=stderr", "--v=0", f"--window-size={width},{height}", f"--screenshot={png_path}",
+             Path(html_path).resolve().as_uri()],
+            capture_output=True, text=True, timeout=120)
+    if not png_path.is_file():
+        raise RuntimeError(f"Chromium wrote no screenshot of {html_path} (exit {result.returncode}): "
+                           f"{result.stderr[-2000:]}")
+    return [line for line in result.stderr.splitlines() if ":CONSOLE" in line]

@@ -15,14 +15,12 @@ import pytest
 from PIL import Image
 
 from bench.plots import tradeoff_figure, write_tradeoff_plot
-from bench.report import build_report
+from bench.report import build_report, find_chromium, screenshot_report
 from bench.tables import default_points, load_edits, summary_table
 from conftest import REPO_ROOT
 from test_tables import add_edit, add_metric
 
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed "
+needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="headless Chromium not installed "
                                     "(Debian: apt-get install -y chromium)")
 
 
@@ -107,18 +105,8 @@ def test_bench_report_command(results):
 
 
 def render(html_path: Path, tmp_path: Path) -> tuple[Path, list[str]]:
-    """Screenshot of ``html_path`` in headless Chromium (no network, no sync) and its console lines."""
     shot = tmp_path / "shot.png"
-    result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-default-apps", "--no-default-browser-check", f"--user-data-dir={tmp_path / 'profile'}",
-         "--enable-logging=stderr", "--v=0", "--window-size=1280,1600", f"--screenshot={shot}",
-         html_path.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120)
-    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
-    assert shot.is_file(), f"no screenshot (rc {result.returncode}): {result.stderr[-2000:]}"
-    return shot, console
+    return shot, screenshot_report(html_path, shot)
 
 
 def assert_not_blank(shot: Path) -> None:
@@ -151,3 +139,13 @@ def test_console_errors_and_blank_pages_are_detected(tmp_path):
     shot, _ = render(blank, tmp_path)
     with pytest.raises(AssertionError, match="blank"):
         assert_not_blank(shot)
+
+
+@needs_chromium
+def test_bench_report_screenshot_option(results):
+    run = subprocess.run([sys.executable, "-m", "bench.cli", "report", str(results), "--screenshot"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    shot = results / "report" / "screenshot.png"
+    assert f"screenshot (headless Chromium): {shot}" in run.stdout
+    assert_not_blank(shot)

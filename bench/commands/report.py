@@ -20,6 +20,19 @@ def make_report(args) -> int:
         print(f"error: {err}")
         return 2
     print(f"report: {path}\nopen it in a browser (file://{path.resolve()}); it is one self-contained file")
+    if args.screenshot:
+        from bench.report import screenshot_report
+
+        shot = path.with_name("screenshot.png")
+        try:
+            console = screenshot_report(path, shot)
+        except (FileNotFoundError, RuntimeError) as err:
+            print(f"error: {err}")
+            return 2
+        print(f"screenshot (headless Chromium): {shot}")
+        if console:
+            print("console messages while rendering:\n  " + "\n  ".join(console))
+            return 1
     return 0
 
 
@@ -31,4 +44,7 @@ def register(subparsers) -> None:
                         help="published table to put beside ours (results/paper/<name>.csv); repeatable; "
                              "default: the experiment's `paper:` list plus every table measured on the same dataset")
     parser.add_argument("--max-rows", type=int, default=24, help="image grid rows (items) to include")
+    parser.add_argument("--screenshot", action="store_true",
+                        help="also render the page in headless Chromium to report/screenshot.png "
+                             "(fails on console errors)")
     parser.set_defaults(func=make_report)
