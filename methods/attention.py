@@ -19,6 +19,8 @@ Public API
     - ``edit_conditional(probs, layer)`` / ``edit_unconditional(probs, layer)``: edit the
       probabilities of the conditional / unconditional rows, shape (branches, heads, Q, K).
     - ``needs_probabilities(layer)``: return True where an override needs explicit probabilities.
+    - ``needs_unconditional_probabilities(layer)``: return True where ``edit_unconditional`` acts;
+      otherwise the unconditional rows of a layer with explicit probabilities run fused.
     - ``split_batch(tensor)``: (unconditional rows or None, conditional rows) of any batch-leading
       tensor, for the batch layout below.
 
@@ -230,8 +232,7 @@ class ControlledAttnProcessor:
             key = attn.norm_k(key)
 
         if self.controller.needs_probabilities(self.layer):
-            probs = attention_probabilities(query, key, attn, attention_mask)
-            hidden_states = self.controller.process(probs, self.layer) @ value
+            hidden_states = self.controlled_attention(query, key, value, attn, attention_mask)
         else:
             hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                                            dropout_p=0.0, scale=attn.scale)
@@ -242,6 +243,21 @@ class ControlledAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+    def controlled_attention(self, query, key, value, attn, mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(QKᵀ·scale) V with the probabilities routed through the controller. When the batch
+        holds unconditional rows that the controller neither edits nor needs (the P2P case), those rows
+        take the fused kernel and only the conditional rows are materialised."""
+        controller, half = self.controller, self.controller.num_branches
+        if query.shape[0] == 2 * half and not controller.needs_unconditional_probabilities(self.layer):
+            uncond_mask, cond_mask = (None, None) if mask is None else (mask[:half], mask[half:])
+            uncond = F.scaled_dot_product_attention(query[:half], key[:half], value[:half], attn_mask=uncond_mask,
+                                                    dropout_p=0.0, scale=attn.scale)
+            probs = attention_probabilities(query[half:], key[half:], attn, cond_mask)
+            return torch.cat([uncond, controller.process(probs, self.layer) @ value[half:]])
+        probs = attention_probabilities(query, key, attn, mask)
+        return controller.process(probs, self.layer) @ value
 
 
 @contextmanager
@@ -278,6 +294,10 @@ class AttentionController:
 
     # hooks ------------------------------------------------------------------------------
     def needs_probabilities(self, layer: AttentionLayer) -> bool:
+        return False
+
+    def needs_unconditional_probabilities(self, layer: AttentionLayer) -> bool:
+        """True where ``edit_unconditional`` changes the unconditional rows (else they run fused)."""
         return False
 
     def value_context(self, context: torch.Tensor, layer: AttentionLayer) -> torch.Tensor:

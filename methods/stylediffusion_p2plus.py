@@ -241,6 +241,9 @@ class P2PlusController(P2PController):
     def needs_probabilities(self, layer: AttentionLayer) -> bool:
         return super().needs_probabilities(layer) or self.replaces_uncond_self(layer)
 
+    def needs_unconditional_probabilities(self, layer: AttentionLayer) -> bool:
+        return self.replaces_uncond_self(layer)
+
     def edit_unconditional(self, probs: torch.Tensor, layer: AttentionLayer) -> torch.Tensor:
         return self.replace_self_attention(probs) if self.replaces_uncond_self(layer) else probs
 

@@ -194,3 +194,41 @@ def test_sd_equivalent_resolution_ignores_a_lower_mid_block():
     resolutions = {(layer.place, layer.resolution) for layer in attention_layers(unet).values()}
     assert ("mid", 4) in resolutions
     assert sd_equivalent_resolution(unet, 16) == 8 and sd_equivalent_resolution(unet, 32) == 8
+
+
+@torch.no_grad()
+def test_unconditional_rows_run_fused_unless_the_controller_edits_them(tiny_pipe):
+    """With explicit probabilities for the conditional rows, the unconditional rows skip materialisation
+    unless ``needs_unconditional_probabilities``; the output is the same either way, and an unconditional
+    edit still reaches those rows."""
+    class Seen(AttentionController):
+        def __init__(self, wants_uncond: bool, flatten_uncond: bool = False):
+            super().__init__(num_branches=2)
+            self.wants_uncond, self.flatten_uncond, self.batches = wants_uncond, flatten_uncond, set()
+
+        def needs_probabilities(self, layer):
+            return True
+
+        def needs_unconditional_probabilities(self, layer):
+            return self.wants_uncond
+
+        def process(self, probs, layer):
+            self.batches.add(probs.shape[0])
+            return super().process(probs, layer)
+
+        def edit_unconditional(self, probs, layer):
+            return torch.full_like(probs, 1 / probs.shape[-1]) if self.flatten_uncond else probs
+
+    x, context = unet_batch(tiny_pipe, [SOURCE, TARGET])
+    reference = tiny_pipe.unet_eps(x, 500, context)
+    outputs = {}
+    for wants_uncond in (False, True):
+        controller = Seen(wants_uncond)
+        with attention_control(tiny_pipe, controller):
+            outputs[wants_uncond] = tiny_pipe.unet_eps(x, 500, context)
+        assert controller.batches == ({4} if wants_uncond else {2})  # rows materialised per call
+    assert (outputs[False] - reference).abs().max() <= 1e-5 and (outputs[True] - reference).abs().max() <= 1e-5
+    with attention_control(tiny_pipe, Seen(True, flatten_uncond=True)):
+        flattened = tiny_pipe.unet_eps(x, 500, context)
+    assert not torch.allclose(flattened[:2], reference[:2], atol=1e-3)  # the unconditional edit acts
+    assert (flattened[2:] - reference[2:]).abs().max() <= 1e-5  # rows are independent
