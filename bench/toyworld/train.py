@@ -50,7 +50,7 @@ STAGE_GROUPS = {"all": STAGES, "generator": GENERATOR_STAGES, "evaluators": EVAL
 STAGE_IDS = {"clip": 0, "vae": 1, "unet": 2, "eval_clip": 3, "eval_vit": 4, "eval_alex": 5, "vae_decoder": 6}
 # seed namespaces of the render pools (disjoint from each other and from the held-out suites)
 POOL_GENERATOR, POOL_EVALUATOR, HELDOUT = 10, 11, 12
-DEFAULT_STEPS = {"clip": 150, "vae": 300, "vae_decoder": 3000, "unet": 7450, "eval_clip": 1500, "eval_vit": 800,
+DEFAULT_STEPS = {"clip": 150, "vae": 300, "vae_decoder": 6000, "unet": 7450, "eval_clip": 1500, "eval_vit": 800,
                  "eval_alex": 800}
 DEFAULT_BATCH = {"clip": 64, "vae": 8, "vae_decoder": 8, "unet": 32, "eval_clip": 64, "eval_vit": 64,
                  "eval_alex": 64}
@@ -59,6 +59,10 @@ DEFAULT_LR = {"clip": 1e-3, "vae": 1e-3, "vae_decoder": 5e-4, "unet": 8e-4, "eva
 # cosine-schedule length where it differs from the step count (the VAE encoder is frozen part-way
 # through a 1,000-step schedule; the decoder then trains on alone, in parallel with the UNet)
 DEFAULT_HORIZON = {"vae": 1000}
+# schedules that were lengthened while resuming: (until_step, schedule length) phases before the final
+# one. The decoder's first 3,000 steps followed a 3,000-step cosine; it was then resumed to 6,000 with a
+# 6,000-step cosine (from the middle of it: lr ≈ base/2 at step 3,000).
+DEFAULT_SCHEDULE_PHASES = {"vae_decoder": [(3000, 3000)]}
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -72,6 +76,7 @@ class TrainConfig:
     batch: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BATCH))
     lr: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LR))
     horizon: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_HORIZON))
+    schedule_phases: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: dict(DEFAULT_SCHEDULE_PHASES))
     pool_size: int = 16384  # renders per pool (generator pool, evaluator pool)
     ckpt_every: int = 50
     eval_size: int = 2000  # held-out renders for the quality report
@@ -87,8 +92,12 @@ class TrainConfig:
     def __post_init__(self):
         self.out, self.weights = Path(self.out), Path(self.weights)
 
-    def schedule_total(self, stage: str) -> int:
-        """Length of the stage's cosine learning-rate schedule (its step count unless a horizon is set)."""
+    def schedule_total(self, stage: str, step: int) -> int:
+        """Length of the stage's cosine learning-rate schedule at ``step``: that of an earlier phase
+        (``schedule_phases``) while ``step`` is in it, else the step count unless a horizon is set."""
+        for until, total in self.schedule_phases.get(stage, ()):
+            if step < until:
+                return min(total, self.steps[stage])  # a shorter run keeps a schedule of its own length
         return max(self.horizon.get(stage, 0), self.steps[stage])
 
 
@@ -330,7 +339,7 @@ def train_gen_clip(cfg: TrainConfig) -> dict:
 
     base = cfg.lr["clip"]
     info = train_loop(cfg, "clip", {"model": model}, model.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("clip")))
+                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("clip", s)))
     model.eval()
     export_gen_clip(cfg, model)
     info["quality"] = quality_gen_clip(cfg, model, tokenizer)
@@ -430,7 +439,7 @@ def train_vae(cfg: TrainConfig) -> dict:
 
     base = cfg.lr["vae"]
     info = train_loop(cfg, "vae", {"vae": vae}, vae.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("vae")))
+                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("vae", s)))
     vae.eval()
     # latent scaling so that scaled latents have unit std (SD's 0.18215 plays the same role)
     with torch.no_grad():
@@ -476,7 +485,7 @@ def train_vae_decoder(cfg: TrainConfig) -> dict:
     base = cfg.lr["vae_decoder"]
     params = [p for module in decoder for p in module.parameters()]
     info = train_loop(cfg, "vae_decoder", {"vae": vae}, params, loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("vae_decoder")))
+                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("vae_decoder", s)))
     vae.eval()
     return _export_vae(cfg, "vae_decoder", vae, info)
 
@@ -755,7 +764,7 @@ def train_eval_clip(cfg: TrainConfig) -> dict:
 
     base = cfg.lr["eval_clip"]
     info = train_loop(cfg, "eval_clip", {"model": model}, model.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("eval_clip")))
+                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("eval_clip", s)))
     model.eval()
     _export_evaluator(cfg, model.state_dict(), ev.CLIP_NAME, ev.CLIP_CONFIG)
     info["quality"] = quality_eval_clip(cfg)
@@ -780,7 +789,7 @@ def _train_classifier(cfg: TrainConfig, stage: str, model: torch.nn.Module, pixe
 
     base = cfg.lr[stage]
     info = train_loop(cfg, stage, {"model": model}, model.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.schedule_total(stage)))
+                      lambda s: warmup_lr(base, s, total=cfg.schedule_total(stage, s)))
     model.eval()
     images, labels = heldout(cfg)
     with torch.no_grad():
