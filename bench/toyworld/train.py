@@ -50,7 +50,7 @@ STAGE_GROUPS = {"all": STAGES, "generator": GENERATOR_STAGES, "evaluators": EVAL
 STAGE_IDS = {"clip": 0, "vae": 1, "unet": 2, "eval_clip": 3, "eval_vit": 4, "eval_alex": 5, "vae_decoder": 6}
 # seed namespaces of the render pools (disjoint from each other and from the held-out suites)
 POOL_GENERATOR, POOL_EVALUATOR, HELDOUT = 10, 11, 12
-DEFAULT_STEPS = {"clip": 150, "vae": 300, "vae_decoder": 6000, "unet": 7450, "eval_clip": 1500, "eval_vit": 800,
+DEFAULT_STEPS = {"clip": 150, "vae": 300, "vae_decoder": 6000, "unet": 16000, "eval_clip": 1500, "eval_vit": 800,
                  "eval_alex": 800}
 DEFAULT_BATCH = {"clip": 64, "vae": 8, "vae_decoder": 8, "unet": 32, "eval_clip": 64, "eval_vit": 64,
                  "eval_alex": 64}
