@@ -113,6 +113,7 @@ def markdown(report) -> str:
                   f"{g['shared_nfe']} |",
                   f"| independent (inversion recomputed per point) | {g['independent_s']:.3f} | "
                   f"{g['independent_inversions']} computed | {g['independent_nfe']} |", "",
+                  f"seconds: the fastest of {report.grid.extra.get('rounds', 1)} alternated rounds per mode; "
                   f"speedup ×{g['speedup']:.2f} (NFE ratio ×{g['nfe_ratio']:.2f}"
                   + (f"; CPU seconds {g['shared_cpu_s']:.3f} vs {g['independent_cpu_s']:.3f}, ×{g['speedup_cpu']:.2f}"
                      if g.get("speedup_cpu") else "") + ")"]
