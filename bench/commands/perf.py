@@ -86,7 +86,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet forward")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each t_UNet measurement (median)")
-    parser.add_argument("--item-repeats", type=int, default=1, help="timed runs of the item per method (min)")
+    parser.add_argument("--item-repeats", type=int, default=3, help="timed runs of the item per method (the fastest counts)")
     parser.add_argument("--compare-repeats", type=int, default=2,
                         help="alternated method/baseline runs (min of each)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the reference-shaped baselines")

@@ -53,7 +53,7 @@ class PerfOptions:
     device: str = "cpu"
     compile: bool = False
     repeats: int = 5
-    item_repeats: int = 1
+    item_repeats: int = 3
     compare_repeats: int = 2
     baselines: bool = True
     grid: bool = True
