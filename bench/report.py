@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from bench.io import write_text
+from bench.io import atomic_path, write_text
 from bench.tables import (applicable_papers, default_points, display_cells, load_edits, load_long,
                           paper_comparison, paper_tables, summary_table)
 
@@ -253,7 +253,6 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, papers:
     return out
 
 
-
 # ----------------------------------------------------------------------------------------------
 # rendering check: headless Chromium
 
@@ -269,6 +268,7 @@ def screenshot_report(html_path: str | Path, png_path: str | Path, chromium: str
                       width: int = 1280, height: int = 1600) -> list[str]:
     """Render ``html_path`` in headless Chromium (no network, no sync, a throwaway profile), write the
     screenshot to ``png_path`` and return the page's console lines (script errors show up there)."""
+    import shutil
     import subprocess
     import tempfile
 
@@ -277,16 +277,18 @@ def screenshot_report(html_path: str | Path, png_path: str | Path, chromium: str
         raise FileNotFoundError("headless Chromium not found (looked for chromium, chromium-browser, google-chrome "
                                 "on PATH); Debian: apt-get install -y chromium")
     png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="editbench-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="editbench-chromium-") as scratch:
+        shot = Path(scratch) / "screenshot.png"  # moved into place only once Chromium has written it
         result = subprocess.run(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-default-apps", "--no-default-browser-check", f"--user-data-dir={profile}",
-             "--enable-logging=stderr", "--v=0", f"--window-size={width},{height}", f"--screenshot={png_path}",
+             "--disable-default-apps", "--no-default-browser-check", f"--user-data-dir={Path(scratch) / 'profile'}",
+             "--enable-logging=stderr", "--v=0", f"--window-size={width},{height}", f"--screenshot={shot}",
              Path(html_path).resolve().as_uri()],
             capture_output=True, text=True, timeout=120)
-    if not png_path.is_file():
-        raise RuntimeError(f"Chromium wrote no screenshot of {html_path} (exit {result.returncode}): "
-                           f"{result.stderr[-2000:]}")
+        if not shot.is_file():
+            raise RuntimeError(f"Chromium wrote no screenshot of {html_path} (exit {result.returncode}): "
+                               f"{result.stderr[-2000:]}")
+        with atomic_path(png_path) as tmp:
+            shutil.copyfile(shot, tmp)
     return [line for line in result.stderr.splitlines() if ":CONSOLE" in line]

@@ -149,3 +149,14 @@ def test_bench_report_screenshot_option(results):
     shot = results / "report" / "screenshot.png"
     assert f"screenshot (headless Chromium): {shot}" in run.stdout
     assert_not_blank(shot)
+
+
+def test_a_failed_render_is_not_hidden_by_an_old_screenshot(tmp_path):
+    """Chromium writes into a scratch dir and the PNG is moved into place atomically: when the browser
+    produces nothing, the call fails even though an old screenshot sits at the target path."""
+    page, shot = tmp_path / "page.html", tmp_path / "screenshot.png"
+    page.write_text("<html><body><p>x</p></body></html>")
+    shot.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="wrote no screenshot"):
+        screenshot_report(page, shot, chromium="/bin/false")
+    assert shot.read_bytes() == b"old"
