@@ -244,7 +244,6 @@ class ControlledAttnProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-
     def controlled_attention(self, query, key, value, attn, mask: torch.Tensor | None) -> torch.Tensor:
         """softmax(QKᵀ·scale) V with the probabilities routed through the controller. When the batch
         holds unconditional rows that the controller neither edits nor needs (the P2P case), those rows
