@@ -260,8 +260,7 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, papers:
 def find_chromium() -> str | None:
     import shutil
 
-    return next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 
 
 def screenshot_report(html_path: str | Path, png_path: str | Path, chromium: str | None = None,

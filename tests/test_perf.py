@@ -13,7 +13,7 @@ import torch
 from bench.models import build_scheduler
 from bench.perf import reference_loops
 from bench.perf.grid import grid_specs, run_grid
-from bench.perf.measure import UNetLatency, measure_unet, model_seconds, overhead_ratio
+from bench.perf.measure import UNetLatency, measure_unet_timings, model_seconds, overhead_ratio
 from bench.perf.run import EQUAL_ATOL
 from bench.perf.setup import method_labels, method_spec, override_steps, source_tensor, write_item
 
@@ -63,7 +63,7 @@ def test_model_seconds_and_overhead_on_a_synthetic_case():
 
 def test_measure_unet_leaves_the_counter_alone(perf_pipe):
     before = perf_pipe.counter.snapshot()
-    latency = measure_unet(perf_pipe, [1, 2], repeats=1, backward_batch_sizes=[1], warmup=0)
+    latency = measure_unet_timings(perf_pipe, [1, 2], repeats=1, backward_batch_sizes=[1], warmup=0).wall
     assert perf_pipe.counter.snapshot() == before
     assert set(latency.forward) == {1, 2} and set(latency.forward_backward) == {1}
     assert all(s > 0 for s in [*latency.forward.values(), *latency.forward_backward.values()])

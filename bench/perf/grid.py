@@ -12,13 +12,12 @@ from __future__ import annotations
 import gc
 import itertools
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.models import build_scheduler
 from bench.perf.jobs import run_job
-from bench.perf.measure import synchronize
+from bench.perf.measure import time_call_cpu
 from bench.perf.setup import method_spec
 
 DEFAULT_SKIP_FRACTIONS = (0.24, 0.36, 0.40)  # of T: 24/36/40 at T=100 (conf/experiment/tradeoff/ef_ddpm.yaml)
@@ -74,13 +73,11 @@ def run_grid(pipe, model: str, item, work_dir: str | Path, label: str = "ef_ddpm
     run_job(pipe, specs[0], [item], work_dir / "warmup", seed)
 
     def timed(fn):
+        """(fn's result, wall s, CPU s, NFE) of one call."""
         gc.collect()
-        synchronize(pipe.device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        nfe_before = pipe.counter.nfe
-        out = fn()
-        synchronize(pipe.device)
-        return out, time.perf_counter() - start, time.process_time() - cpu_start, pipe.counter.nfe - nfe_before
+        nfe_before, holder = pipe.counter.nfe, {}
+        wall, cpu = time_call_cpu(lambda: holder.setdefault("out", fn()), pipe.device)
+        return holder["out"], wall, cpu, pipe.counter.nfe - nfe_before
 
     def shared(folder: Path):
         computed = loaded = 0

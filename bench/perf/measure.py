@@ -28,15 +28,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds for one call of ``fn`` (device work included)."""
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def time_call_cpu(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call of ``fn``.
 
@@ -48,11 +39,6 @@ def time_call_cpu(fn: Callable[[], object], device: torch.device) -> tuple[float
     fn()
     synchronize(device)
     return time.perf_counter() - start, time.process_time() - cpu_start
-
-
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median over ``repeats`` timed calls after ``warmup`` untimed ones."""
-    return median_seconds_cpu(fn, device, repeats, warmup)[0]
 
 
 def median_seconds_cpu(fn: Callable[[], object], device: torch.device, repeats: int,
@@ -102,17 +88,13 @@ def unet_inputs(pipe, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return latents, t, text
 
 
-def measure_unet(pipe, batch_sizes, repeats: int = 5, backward_batch_sizes=(), warmup: int = 2) -> UNetLatency:
-    """t_UNet in wall seconds (see ``measure_unet_timings``)."""
-    return measure_unet_timings(pipe, batch_sizes, repeats, backward_batch_sizes, warmup).wall
-
-
 def measure_unet_timings(pipe, batch_sizes, repeats: int = 5, backward_batch_sizes=(),
                          warmup: int = 2) -> UNetTimings:
     """t_UNet(b) for every b (no-grad forward, the methods' default attention processors) and, for the
     b in ``backward_batch_sizes``, a forward with autograd w.r.t. the text embedding (as Null-text
-    inversion optimises ∅) plus the backward of a mean-square loss. UNet calls made here are removed
-    from ``pipe.counter`` again, so measuring does not change a method's counts."""
+    inversion optimises ∅) plus the backward of a mean-square loss, each as the median in wall and in
+    process CPU seconds. UNet calls made here are removed from ``pipe.counter`` again, so measuring does
+    not change a method's counts."""
     counter = pipe.counter
     saved_forward, saved_backward = counter.forward_calls.copy(), counter.backward_calls.copy()
     timings = UNetTimings()
