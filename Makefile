@@ -40,7 +40,7 @@ tables: setup ## aggregate a results dir: make tables RESULTS=results/default
 	$(BENCH) tables $(or $(RESULTS),results/default)
 
 report: setup ## HTML report of a results dir (+ Chromium screenshot if installed): make report RESULTS=results/toy_default
-	$(BENCH) report $(or $(RESULTS),results/toy_default) $(if $(shell command -v chromium),--screenshot)
+	$(BENCH) report $(or $(RESULTS),results/toy_default) $(if $(shell command -v chromium chromium-browser google-chrome),--screenshot)
 
 perf: setup ## cost per method, overhead ratio, baselines, grid reuse (on the toy model, CPU)
 	$(BENCH) perf --model toy --threads 1 --out results/perf/toy_cpu_float32 $(ARGS)

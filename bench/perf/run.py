@@ -306,7 +306,8 @@ def run_perf(options: PerfOptions, log=print) -> PerfReport:
                 log(f"[perf] {label} FAILED: {result.error}")
             else:
                 log(f"[perf] {label}: wall {result.wall_seconds:.3f} s, NFE {result.nfe}, "
-                    f"overhead {result.overhead:.3f} (CPU time: {result.overhead_cpu})"
+                    f"overhead {result.overhead:.3f}"
+                    + (f" (CPU time: {result.overhead_cpu:.3f})" if result.overhead_cpu is not None else "")
                     + (f", baseline ×{result.baseline['speedup']:.2f} (Δ {result.baseline['max_abs_diff']:.2g})"
                        if result.baseline else ""))
             report.methods.append(result)
