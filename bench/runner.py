@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import records
 from bench.config import instantiate
 from bench.data.base import Dataset
-from bench.data.item import EditItem, ItemError
+from bench.data.item import EditItem
 from bench.data.preprocess import PREPROCESS_ID, load_image_tensor, to_pil
 from bench.env import environment
 from bench.hashing import content_key, derive_seed

@@ -246,7 +246,7 @@ class LpipsBackbone(Backbone):
         explicit = _explicit_file(self.path, "backbone_path")
         if explicit is not None:
             if not explicit.is_file():
-                raise self.missing(f"the configured backbone_path does not exist")
+                raise self.missing("the configured backbone_path does not exist")
             return Resolved(str(explicit), "config", f"{self.flavor}:{self.net}:sha256={file_fingerprint(explicit)}")
         cached = self._cache_file()
         if cached.is_file():
