@@ -1,13 +1,16 @@
 """Train every toy-world network from a seed, on CPU, resumably.
 
-Stages (``--stage``; ``evaluators`` = the three ``eval_*`` stages, ``generator`` = clip, vae, unet,
-``all`` = everything):
+Stages (``--stage``; ``evaluators`` = the three ``eval_*`` stages, ``generator`` = clip, vae,
+vae_decoder, unet, ``all`` = everything):
 
 - ``clip``: a small transformers ``CLIPModel`` trained contrastively on captioned renders; its text
   tower becomes the pipeline's ``text_encoder`` (frozen afterwards), its vision tower the
   ``image_encoder``.
 - ``vae``: diffusers ``AutoencoderKL`` 64×64×3 → 4×16×16 (L1 + MSE + tiny KL); the latent scaling
-  factor is set from the latent std of training renders.
+  factor is set from the latent std of training renders. This fixes the latent space.
+- ``vae_decoder``: a short fine-tune of the decoder alone on slightly noised latents of the frozen
+  encoder (decoded diffusion samples are never exact encoder outputs); needs only ``vae``, so it can
+  run beside ``unet``.
 - ``unet``: diffusers ``UNet2DConditionModel`` (ε-prediction, SD's scaled-linear betas 0.00085–0.012,
   1000 steps, min-SNR-5 weights, EMA, 10 % empty-caption dropout for CFG) on frozen VAE latents and
   frozen text-encoder states; exported with the other parts as an SD pipeline folder.
@@ -50,19 +53,12 @@ STAGE_GROUPS = {"all": STAGES, "generator": GENERATOR_STAGES, "evaluators": EVAL
 STAGE_IDS = {"clip": 0, "vae": 1, "unet": 2, "eval_clip": 3, "eval_vit": 4, "eval_alex": 5, "vae_decoder": 6}
 # seed namespaces of the render pools (disjoint from each other and from the held-out suites)
 POOL_GENERATOR, POOL_EVALUATOR, HELDOUT = 10, 11, 12
-DEFAULT_STEPS = {"clip": 150, "vae": 300, "vae_decoder": 6000, "unet": 16000, "eval_clip": 1500, "eval_vit": 800,
+DEFAULT_STEPS = {"clip": 150, "vae": 3000, "vae_decoder": 1500, "unet": 16000, "eval_clip": 1500, "eval_vit": 800,
                  "eval_alex": 800}
-DEFAULT_BATCH = {"clip": 64, "vae": 8, "vae_decoder": 8, "unet": 32, "eval_clip": 64, "eval_vit": 64,
+DEFAULT_BATCH = {"clip": 64, "vae": 16, "vae_decoder": 16, "unet": 32, "eval_clip": 64, "eval_vit": 64,
                  "eval_alex": 64}
-DEFAULT_LR = {"clip": 1e-3, "vae": 1e-3, "vae_decoder": 5e-4, "unet": 8e-4, "eval_clip": 1e-3, "eval_vit": 5e-4,
+DEFAULT_LR = {"clip": 1e-3, "vae": 1e-3, "vae_decoder": 2e-4, "unet": 8e-4, "eval_clip": 1e-3, "eval_vit": 5e-4,
               "eval_alex": 3e-4}
-# cosine-schedule length where it differs from the step count (the VAE encoder is frozen part-way
-# through a 1,000-step schedule; the decoder then trains on alone, in parallel with the UNet)
-DEFAULT_HORIZON = {"vae": 1000}
-# schedules that were lengthened while resuming: (until_step, schedule length) phases before the final
-# one. The decoder's first 3,000 steps followed a 3,000-step cosine; it was then resumed to 6,000 with a
-# 6,000-step cosine (from the middle of it: lr ≈ base/2 at step 3,000).
-DEFAULT_SCHEDULE_PHASES = {"vae_decoder": [(3000, 3000)]}
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -75,8 +71,6 @@ class TrainConfig:
     steps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_STEPS))
     batch: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BATCH))
     lr: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LR))
-    horizon: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_HORIZON))
-    schedule_phases: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: dict(DEFAULT_SCHEDULE_PHASES))
     pool_size: int = 16384  # renders per pool (generator pool, evaluator pool)
     ckpt_every: int = 50
     eval_size: int = 2000  # held-out renders for the quality report
@@ -91,14 +85,6 @@ class TrainConfig:
 
     def __post_init__(self):
         self.out, self.weights = Path(self.out), Path(self.weights)
-
-    def schedule_total(self, stage: str, step: int) -> int:
-        """Length of the stage's cosine learning-rate schedule at ``step``: that of an earlier phase
-        (``schedule_phases``) while ``step`` is in it, else the step count unless a horizon is set."""
-        for until, total in self.schedule_phases.get(stage, ()):
-            if step < until:
-                return min(total, self.steps[stage])  # a shorter run keeps a schedule of its own length
-        return max(self.horizon.get(stage, 0), self.steps[stage])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,7 +325,7 @@ def train_gen_clip(cfg: TrainConfig) -> dict:
 
     base = cfg.lr["clip"]
     info = train_loop(cfg, "clip", {"model": model}, model.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("clip", s)))
+                      lambda s: warmup_lr(base, s, total=cfg.steps["clip"]))
     model.eval()
     export_gen_clip(cfg, model)
     info["quality"] = quality_gen_clip(cfg, model, tokenizer)
@@ -439,7 +425,7 @@ def train_vae(cfg: TrainConfig) -> dict:
 
     base = cfg.lr["vae"]
     info = train_loop(cfg, "vae", {"vae": vae}, vae.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("vae", s)))
+                      lambda s: warmup_lr(base, s, total=cfg.steps["vae"]))
     vae.eval()
     # latent scaling so that scaled latents have unit std (SD's 0.18215 plays the same role)
     with torch.no_grad():
@@ -485,7 +471,7 @@ def train_vae_decoder(cfg: TrainConfig) -> dict:
     base = cfg.lr["vae_decoder"]
     params = [p for module in decoder for p in module.parameters()]
     info = train_loop(cfg, "vae_decoder", {"vae": vae}, params, loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("vae_decoder", s)))
+                      lambda s: warmup_lr(base, s, total=cfg.steps["vae_decoder"]))
     vae.eval()
     return _export_vae(cfg, "vae_decoder", vae, info)
 
@@ -764,7 +750,7 @@ def train_eval_clip(cfg: TrainConfig) -> dict:
 
     base = cfg.lr["eval_clip"]
     info = train_loop(cfg, "eval_clip", {"model": model}, model.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.schedule_total("eval_clip", s)))
+                      lambda s: warmup_lr(base, s, total=cfg.steps["eval_clip"]))
     model.eval()
     _export_evaluator(cfg, model.state_dict(), ev.CLIP_NAME, ev.CLIP_CONFIG)
     info["quality"] = quality_eval_clip(cfg)
@@ -789,7 +775,7 @@ def _train_classifier(cfg: TrainConfig, stage: str, model: torch.nn.Module, pixe
 
     base = cfg.lr[stage]
     info = train_loop(cfg, stage, {"model": model}, model.parameters(), loss_fn,
-                      lambda s: warmup_lr(base, s, total=cfg.schedule_total(stage, s)))
+                      lambda s: warmup_lr(base, s, total=cfg.steps[stage]))
     model.eval()
     images, labels = heldout(cfg)
     with torch.no_grad():
