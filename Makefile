@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install editbench with test extras
 
-run: setup ## the main job: every method x the toy edit suite x every metric (offline, CPU)
-	$(BENCH) experiment=toy_default $(ARGS)
+run: setup ## the main job: every method x the toy edit suite x every metric (offline, CPU; 2 jobs at a time)
+	$(BENCH) experiment=toy_default launcher=joblib $(ARGS)
 
 run-tiny: setup ## a 1-minute smoke job: SDEdit on the EF examples with the tiny random pipeline
 	$(BENCH) model=tiny_random method=sdedit dataset=ef_examples method.num_inference_steps=10 $(ARGS)
