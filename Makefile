@@ -28,7 +28,7 @@ run: setup ## the main job: every method x the toy edit suite x every metric (of
 	$(BENCH) experiment=toy_default launcher=joblib $(ARGS)
 
 run-tiny: setup ## a 1-minute smoke job: SDEdit on the EF examples with the tiny random pipeline
-	$(BENCH) model=tiny_random method=sdedit dataset=ef_examples method.num_inference_steps=10 $(ARGS)
+	$(BENCH) model=tiny_random method=sdedit dataset=ef_examples method.num_steps=10 $(ARGS)
 
 test: setup ## the test suite, offline (PYTEST_ARGS="..." for more)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -23,21 +23,21 @@ from methods.steps import ddim_inversion_loop, ddim_sampling_loop
 class DDIM(Method):
     name = "ddim"
     version = "1"
-    inversion_fields = ("num_inference_steps", "inversion_guidance_scale")
+    inversion_fields = ("num_steps", "inversion_guidance_scale")
     stochastic = False
 
-    num_inference_steps: int = 50  # N (P2P/NTI notebooks; EF repo uses 100)
+    num_steps: int = 50  # N (P2P/NTI notebooks; EF repo uses 100)
     inversion_guidance_scale: float = 1.0  # w of DDIM inversion (1: P2P/NTI; 3.5: EF repo)
     guidance_scale: float = 7.5  # w of the edit with the target prompt
 
     def __post_init__(self) -> None:
-        check_range(self, "num_inference_steps", 1, 1000)
+        check_range(self, "num_steps", 1, 1000)
         check_range(self, "inversion_guidance_scale", 0.0, 100.0)
         check_range(self, "guidance_scale", 0.0, 100.0)
 
     @torch.no_grad()
     def invert(self, pipe, image, source_prompt, generator) -> Inversion:
-        pipe.scheduler.set_timesteps(self.num_inference_steps)
+        pipe.scheduler.set_timesteps(self.num_steps)
         cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
         trajectory = ddim_inversion_loop(pipe, pipe.encode_image(image), cond, uncond, self.inversion_guidance_scale)
         return Inversion({"x_T": trajectory[-1]},
@@ -46,7 +46,7 @@ class DDIM(Method):
     @torch.no_grad()
     def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
         """The edited latents, one row per branch (here: the target only)."""
-        pipe.scheduler.set_timesteps(self.num_inference_steps)
+        pipe.scheduler.set_timesteps(self.num_steps)
         cond, uncond = pipe.encode_prompts([item.target_prompt, ""]).chunk(2)
         return ddim_sampling_loop(pipe, inversion.tensors["x_T"], cond, uncond, self.guidance_scale)
 

@@ -1,9 +1,9 @@
 """The DDPM-noise-space loop shared by ef_ddpm, ef_ddpm_p2p and ddpm_naive (methods spec §2.2–2.3).
 
-Inversion (grid t_1 < … < t_T of ``pipe.scheduler`` with T = num_diffusion_steps):
+Inversion (grid t_1 < … < t_T of ``pipe.scheduler`` with T = num_steps):
   1. noise x_0 onto the grid: x̃_1..x̃_T — *how* is the subclass's choice (``noise_trajectory``):
      independently per step (EF) or along the forward Markov chain (naive);
-  2. for n = T…1: ε̂_n = CFG(ε_θ(x̃_n, t_n, ·), w = cfg_src) with the source prompt, and
+  2. for n = T…1: ε̂_n = CFG(ε_θ(x̃_n, t_n, ·), w = inversion_guidance_scale) with the source prompt, and
      z_n = (x̃_{n−1} − μ_n(x̃_n; ε̂_n)) / (η σ_n)  (``steps.ef_extract_noise``).
   3. write back x̃_{n−1} ← μ_n + η σ_n z_n before step n−1 (reference L171-173; not a no-op in floating
      point: ε̂_{n−1} is then evaluated at exactly the latent the reverse process produces, which makes
@@ -13,12 +13,12 @@ Inversion (grid t_1 < … < t_T of ``pipe.scheduler`` with T = num_diffusion_ste
   behaviours share one cached inversion.
 
 Editing: start from x̃_{T−T_skip} (the noised latent, not a re-inverted one: `main_run.py` L96) and for
-n = T−T_skip…1 take x_{n−1} = μ_n(x_n; ε̂) + η σ_n z_n with ε̂ = CFG(target prompt, w = cfg_tar); all
-branches (and both CFG passes) in one UNet batch. With target = source, cfg_tar = cfg_src,
+n = T−T_skip…1 take x_{n−1} = μ_n(x_n; ε̂) + η σ_n z_n with ε̂ = CFG(target prompt, w = guidance_scale); all
+branches (and both CFG passes) in one UNet batch. With target = source, guidance_scale = inversion_guidance_scale,
 T_skip = 0 and keep_z1 this returns x_0 up to rounding; with z_1 = 0 the result is x_0 − η σ_1 z_1,
 i.e. the last step's noise is missing (inbarhub/DDPM_inversion#13).
 
-Cost: 2T inversion NFE (T if cfg_src = 1), 2·(T−T_skip)·branches editing NFE.
+Cost: 2T inversion NFE (T if inversion_guidance_scale = 1), 2·(T−T_skip)·branches editing NFE.
 """
 
 from __future__ import annotations
@@ -37,25 +37,25 @@ from methods.steps import ef_extract_noise, ef_step, guided_noise
 class DDPMNoiseSpaceMethod(Method):
     """Base for methods that edit in DDPM noise space; subclasses choose the noising (and a controller)."""
 
-    inversion_fields = ("num_diffusion_steps", "eta", "cfg_src")
+    inversion_fields = ("num_steps", "eta", "inversion_guidance_scale")
     stochastic = True
 
-    num_diffusion_steps: int = 100  # T (EF `--num_diffusion_steps`)
+    num_steps: int = 100  # T (EF `--num_diffusion_steps`)
     eta: float = 1.0  # η (EF `--eta`)
-    cfg_src: float = 3.5  # w of ε̂ during inversion (EF `--cfg_src`)
-    cfg_tar: float = 15.0  # w of the edit (EF `--cfg_tar`)
+    inversion_guidance_scale: float = 3.5  # w of ε̂ during inversion (EF `--cfg_src`)
+    guidance_scale: float = 15.0  # w of the edit (EF `--cfg_tar`)
     skip: int = 36  # T_skip (EF `--skip`)
     keep_z1: bool = False  # False = the reference: z_1 := 0
 
     def __post_init__(self) -> None:
-        check_range(self, "num_diffusion_steps", 1, 1000)
+        check_range(self, "num_steps", 1, 1000)
         check_range(self, "eta", 0.0, 1.0, low_open=True)  # z = (·)/(ησ) needs η > 0
-        check_range(self, "cfg_src", 0.0, 100.0)
-        check_range(self, "cfg_tar", 0.0, 100.0)
-        check_range(self, "skip", 0, self.num_diffusion_steps)
-        if self.skip == self.num_diffusion_steps:
+        check_range(self, "inversion_guidance_scale", 0.0, 100.0)
+        check_range(self, "guidance_scale", 0.0, 100.0)
+        check_range(self, "skip", 0, self.num_steps)
+        if self.skip == self.num_steps:
             raise HyperparameterError(f"{type(self).__name__}.skip={self.skip} leaves no denoising step: "
-                                      f"expected skip < num_diffusion_steps={self.num_diffusion_steps}")
+                                      f"expected skip < num_steps={self.num_steps}")
 
     # choices of the subclasses ---------------------------------------------------------------
     def noise_trajectory(self, scheduler, x0: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
@@ -64,7 +64,7 @@ class DDPMNoiseSpaceMethod(Method):
 
     def branches(self, item) -> tuple[list[str], list[float]]:
         """Prompts and guidance scales of the edit batch (EF `our_inv`: the target alone)."""
-        return [item.target_prompt], [self.cfg_tar]
+        return [item.target_prompt], [self.guidance_scale]
 
     def controller(self, pipe, item) -> AttentionController | None:
         return None
@@ -73,14 +73,14 @@ class DDPMNoiseSpaceMethod(Method):
     @torch.no_grad()
     def invert(self, pipe, image, source_prompt, generator) -> Inversion:
         scheduler = pipe.scheduler
-        scheduler.set_timesteps(self.num_diffusion_steps)
+        scheduler.set_timesteps(self.num_steps)
         xts = self.noise_trajectory(scheduler, pipe.encode_image(image), generator)
         cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
         ascending = scheduler.timesteps.flip(0)
-        zs = [torch.empty(0)] * self.num_diffusion_steps
-        for n in range(self.num_diffusion_steps, 0, -1):  # n = T … 1, as the reference
+        zs = [torch.empty(0)] * self.num_steps
+        for n in range(self.num_steps, 0, -1):  # n = T … 1, as the reference
             t = ascending[n - 1]
-            eps = guided_noise(pipe, xts[n], t, cond, uncond, self.cfg_src)
+            eps = guided_noise(pipe, xts[n], t, cond, uncond, self.inversion_guidance_scale)
             zs[n - 1] = ef_extract_noise(scheduler, xts[n - 1], xts[n], eps, int(t), self.eta)
             # the reference's write-back xts[n−1] ← μ_n + ησ_n z_n (L171-173): equal in exact arithmetic,
             # but in floating point it makes the next ε̂ be evaluated at the very latent the reverse
@@ -93,11 +93,11 @@ class DDPMNoiseSpaceMethod(Method):
     def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
         """The edited latents, one row per branch."""
         scheduler = pipe.scheduler
-        scheduler.set_timesteps(self.num_diffusion_steps)
+        scheduler.set_timesteps(self.num_steps)
         prompts, scales = self.branches(item)
         cond, uncond = pipe.encode_prompts(prompts), pipe.encode_prompts([""] * len(prompts))
         scale = scales[0] if len(scales) == 1 else torch.tensor(scales)
-        first = self.num_diffusion_steps - self.skip
+        first = self.num_steps - self.skip
         zs = inversion.tensors["zs"][:first].clone()
         if not self.keep_z1:
             zs[0] = 0  # the reference's z_1 = 0

@@ -93,10 +93,10 @@ class NullTextP2P(P2PEditHparams, Method):
 
     name = "null_text_p2p"
     version = "1"
-    inversion_fields = ("num_inference_steps", "guidance_scale", "num_inner_steps", "early_stop_epsilon")
+    inversion_fields = ("num_steps", "guidance_scale", "num_inner_steps", "early_stop_epsilon")
     stochastic = False
 
-    num_inference_steps: int = 50  # N (NUM_DDIM_STEPS of the notebook)
+    num_steps: int = 50  # N (NUM_DDIM_STEPS of the notebook)
     guidance_scale: float = 7.5  # w, used by the optimisation and by editing (GUIDANCE_SCALE)
     num_inner_steps: int = 10  # Adam iterations per timestep at most
     early_stop_epsilon: float = 1e-5  # ε of the early stop loss < ε + i·2e-5
@@ -105,7 +105,7 @@ class NullTextP2P(P2PEditHparams, Method):
     blend_start: float = 0.2  # NTI notebook LocalBlend(start_blend=0.2), used when local_blend=True
 
     def __post_init__(self) -> None:
-        check_range(self, "num_inference_steps", 1, 1000)
+        check_range(self, "num_steps", 1, 1000)
         check_range(self, "guidance_scale", 0.0, 100.0)
         check_range(self, "num_inner_steps", 1, 100_000)
         check_range(self, "early_stop_epsilon", 0.0, 1e6)
@@ -113,7 +113,7 @@ class NullTextP2P(P2PEditHparams, Method):
 
     # inversion ---------------------------------------------------------------------------
     def invert(self, pipe, image, source_prompt, generator) -> Inversion:
-        pipe.scheduler.set_timesteps(self.num_inference_steps)
+        pipe.scheduler.set_timesteps(self.num_steps)
         cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
         with torch.no_grad():
             trajectory = ddim_inversion_loop(pipe, pipe.encode_image(image), cond, uncond, 1.0)
@@ -151,12 +151,12 @@ class NullTextP2P(P2PEditHparams, Method):
         return [null.expand(2, -1, -1) for null in inversion.tensors["null_embeddings"].unsqueeze(1)]
 
     def edit_controller(self, pipe, inversion: Inversion, item) -> P2PController:
-        return self.p2p_controller(pipe, item, self.num_inference_steps)
+        return self.p2p_controller(pipe, item, self.num_steps)
 
     @torch.no_grad()
     def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
         """[source, target] latents after editing (the source row is the reconstruction)."""
-        pipe.scheduler.set_timesteps(self.num_inference_steps)
+        pipe.scheduler.set_timesteps(self.num_steps)
         cond = pipe.encode_prompts([item.source_prompt, item.target_prompt])
         x_T = inversion.tensors["x_T"].expand(2, -1, -1, -1)
         controller = self.edit_controller(pipe, inversion, item)

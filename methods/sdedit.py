@@ -25,13 +25,13 @@ class SDEdit(Method):
     stochastic = True
 
     strength: float = 0.8  # fraction of the schedule that is re-noised (diffusers img2img default)
-    num_inference_steps: int = 50
+    num_steps: int = 50
     guidance_scale: float = 7.5
     eta: float = 0.0  # DDIM η of the denoising steps
 
     def __post_init__(self) -> None:
         check_range(self, "strength", 0.0, 1.0, low_open=True)
-        check_range(self, "num_inference_steps", 1, 10_000)
+        check_range(self, "num_steps", 1, 10_000)
         check_range(self, "guidance_scale", 0.0, 100.0)
         check_range(self, "eta", 0.0, 1.0)
 
@@ -42,9 +42,9 @@ class SDEdit(Method):
     @torch.no_grad()
     def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
         scheduler = pipe.scheduler
-        scheduler.set_timesteps(self.num_inference_steps)
-        num_denoise = min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
-        timesteps = scheduler.timesteps[self.num_inference_steps - num_denoise:]
+        scheduler.set_timesteps(self.num_steps)
+        num_denoise = min(int(self.num_steps * self.strength), self.num_steps)
+        timesteps = scheduler.timesteps[self.num_steps - num_denoise:]
         x0 = inversion.tensors["x0"]
         if num_denoise == 0:  # strength too small to reach one step: nothing is re-noised
             return pipe.decode_latents(x0)[0]

@@ -164,7 +164,7 @@ def ddim_inversion_loop(pipe, x0: torch.Tensor, cond: torch.Tensor, uncond: torc
     """DDIM inversion over ``pipe.scheduler.timesteps`` ascending: [x_0, x_{t_1}, …, x_{t_N}].
 
     Each step evaluates ε̂ = CFG(ε_θ(x_{t−Δ}, t, ·), w=scale) at the *higher* label t (P2P/NTI
-    `ddim_loop`; EF `ddim_inversion.py` L27-39 with w = cfg_src). ``on_step(latents) -> latents`` is
+    `ddim_loop`; EF `ddim_inversion.py` L27-39 with w = inversion_guidance_scale). ``on_step(latents) -> latents`` is
     called after every step (e.g. ``AttentionStore.step_callback``).
     """
     scheduler = pipe.scheduler

@@ -284,7 +284,7 @@ class StyleDiffusionP2Plus(NullTextP2P):
     version = "1"
     inversion_fields = NullTextP2P.inversion_fields + ("attention_loss_weight",)
 
-    num_inference_steps: int = 30  # NUM_DDIM_STEPS (PnPInversion's PIE-Bench re-run: 50)
+    num_steps: int = 30  # NUM_DDIM_STEPS (PnPInversion's PIE-Bench re-run: 50)
     num_inner_steps: int = 100  # --num_inner_steps: the budget of step 0; step i gets ceil(n·e^{−0.1 i})
     attention_loss_weight: float = 1.0  # λ_attn (latent:attention = 1:1; 0 = --w_attnloss off)
     cross_replace_steps: float | tuple[float, float] | dict[str, float | tuple[float, float]] = 0.6  # τ_c
@@ -301,11 +301,11 @@ class StyleDiffusionP2Plus(NullTextP2P):
 
     def inner_step_budgets(self) -> list[int]:
         """k_i^max = ceil(num_inner_steps · e^{−0.1 i}) (reference `optimization`)."""
-        return [math.ceil(self.num_inner_steps * math.exp(-0.1 * i)) for i in range(self.num_inference_steps)]
+        return [math.ceil(self.num_inner_steps * math.exp(-0.1 * i)) for i in range(self.num_steps)]
 
     # inversion ---------------------------------------------------------------------------
     def invert(self, pipe, image, source_prompt, generator) -> Inversion:
-        pipe.scheduler.set_timesteps(self.num_inference_steps)
+        pipe.scheduler.set_timesteps(self.num_steps)
         cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
         with torch.no_grad():
             features = clip_image_tokens(pipe.get_image_encoder(), image.to(pipe.device))  # E(x)
@@ -331,7 +331,7 @@ class StyleDiffusionP2Plus(NullTextP2P):
                              uncond: torch.Tensor, generator: torch.Generator,
                              ) -> tuple[list[MappingNetwork], list[TimestepFit]]:
         """Train M_0..M_{N−1} in turn (module doc, step 4)."""
-        scheduler, w, n = pipe.scheduler, self.guidance_scale, self.num_inference_steps
+        scheduler, w, n = pipe.scheduler, self.guidance_scale, self.num_steps
         network = MappingNetwork(*features.shape[1:], cond.shape[-1], device=features.device).initialise(generator)
         latent, networks, fits = trajectory[-1], [], []
         for i, (t, budget) in enumerate(zip(scheduler.timesteps, self.inner_step_budgets())):
@@ -370,7 +370,7 @@ class StyleDiffusionP2Plus(NullTextP2P):
     @torch.no_grad()
     def edit_controller(self, pipe, inversion: Inversion, item) -> P2PController:
         features = inversion.tensors["image_features"].float()
-        n, context_width = self.num_inference_steps, pipe.encode_prompts([""]).shape[-1]
+        n, context_width = self.num_steps, pipe.encode_prompts([""]).shape[-1]
         scale_shift = [net(features) for net in load_mapping_networks(inversion, n, context_width)]
         return self.p2p_controller(pipe, item, n, controller_class=P2PlusController, value_scale_shift=scale_shift,
                                    value_steps=n * self.value_replace_steps,

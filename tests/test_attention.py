@@ -78,10 +78,10 @@ def test_processors_restored_after_an_exception(tiny_pipe):
 @torch.no_grad()
 def test_same_prompt_target_branch_equals_source(tiny_pipe, source_image):
     same = EditItem("i", "img", "unused.png", SOURCE, SOURCE)
-    ddim = DDIMP2P(num_inference_steps=4, cross_replace_steps=0.8, self_replace_steps=0.5, p2p_mode="replace")
+    ddim = DDIMP2P(num_steps=4, cross_replace_steps=0.8, self_replace_steps=0.5, p2p_mode="replace")
     out = ddim.edit_latents(tiny_pipe, ddim.invert(tiny_pipe, source_image, SOURCE, torch.Generator()), same)
     assert (out[0] - out[1]).abs().max() <= 1e-6
-    ef = EFDDPMP2P(num_diffusion_steps=4, skip=1, cfg_tar=3.5, p2p_mode="refine")
+    ef = EFDDPMP2P(num_steps=4, skip=1, guidance_scale=3.5, p2p_mode="refine")
     out = ef.edit_latents(tiny_pipe, ef.invert(tiny_pipe, source_image, SOURCE, torch.Generator().manual_seed(0)), same)
     assert (out[0] - out[1]).abs().max() <= 1e-6
 
@@ -141,7 +141,7 @@ def test_schedules_count_rows_as_the_references(tiny_pipe):
     # EF p2pinv: the controller counts with N = T while T − T_skip steps run
     ef = EFDDPMP2P()
     controller = ef.controller(tiny_pipe, EditItem("i", "img", "x.png", SOURCE, TARGET))
-    assert controller.cross_schedule.shape[0] == ef.num_diffusion_steps + 1 and controller.self_window == (0, 20)
+    assert controller.cross_schedule.shape[0] == ef.num_steps + 1 and controller.self_window == (0, 20)
 
 
 def test_local_blend_keeps_background_of_the_source(tiny_pipe):

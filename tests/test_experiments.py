@@ -187,7 +187,7 @@ def test_tradeoff_experiment_multirun_end_to_end_on_tiny_model(tmp_path):
     results = tmp_path / "results"
     args = ["experiment=ef_ddpm_tradeoff_zero_shot", "debug=limit", "limit=1", "metrics.ids=[]",
             "+experiment/tradeoff@_global_=sdedit", "tradeoff.i=3,4", "tradeoff.j=1",
-            "method.num_inference_steps=4", f"paths.results_dir={results}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+            "method.num_steps=4", f"paths.results_dir={results}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     run = subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -255,7 +255,7 @@ def test_every_experiment_end_to_end_with_debug_limit(name, tmp_path):
     if dataset == "zero_shot_i2it" and not (SHARED_DATA / "modified_zero_shot_i2it").is_dir():
         pytest.skip("../shared/data/modified_zero_shot_i2it absent")
     cfg = compose_config([f"experiment={name}", "debug=limit", "limit=1", method_override(name, option),
-                          "method.num_inference_steps=4", *stand_in_data(dataset, tmp_path)], tmp_path / "results")
+                          "method.num_steps=4", *stand_in_data(dataset, tmp_path)], tmp_path / "results")
     summary = run_from_config(cfg)
     assert summary.ok == 1, summary.failures
     written = aggregate(tmp_path / "results", papers=list(cfg.get("paper") or []))

@@ -7,7 +7,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 import pytest
 
 from bench import records
@@ -18,7 +20,7 @@ from test_runner import dataset_overrides, write_yaml_dataset
 
 
 def two_methods() -> list[str]:
-    """Two method configs of the registry that run on the tiny model with `num_inference_steps`."""
+    """Two method configs of the registry that run on the tiny model with `num_steps`."""
     if (CONF_DIR / "method" / "ddim.yaml").is_file():
         return ["method=sdedit,ddim"]
     return ["method=sdedit", "method.strength=0.5,0.9"]  # before ddim.yaml existed: 2 SDEdit points
@@ -38,7 +40,7 @@ def test_joblib_multirun_over_methods_and_shards_merges_into_the_sequential_tabl
     data = write_yaml_dataset((tmp_path / "data").mkdir() or tmp_path / "data", n_images=2)
     # one intra-op thread in every job: CPU kernels reduce in thread-count-dependent order, and joblib
     # (loky) workers get fewer threads than the sequential process
-    common = ["model=tiny_random", "method.num_inference_steps=3", *dataset_overrides(data), "runtime.progress=false",
+    common = ["model=tiny_random", "method.num_steps=3", *dataset_overrides(data), "runtime.progress=false",
               "runtime.num_threads=1"]
     parallel = bench(["-m", "launcher=joblib", "hydra.launcher.n_jobs=2", *common, *two_methods(),
                       "dataset.num_shards=2", "dataset.shard=0,1", "tables=false",
@@ -56,11 +58,20 @@ def test_joblib_multirun_over_methods_and_shards_merges_into_the_sequential_tabl
     assert sequential.returncode == 0, sequential.stderr[-3000:]
     a, b = summary_table(tmp_path / "parallel"), summary_table(tmp_path / "sequential")
     assert len(a) == 2 and list(a["n"]) == [2, 2]  # both shards of each method are in the one table
-    pd.testing.assert_frame_equal(comparable(a), comparable(b), check_exact=True)
+    # The images are compared pixel by pixel below. Metric values are float32 computations (relative rounding
+    # ~6e-8 per operation) whose reduction order may differ between worker processes, and the table means
+    # add them up in the order shards finish: equal to rtol 1e-6, not bit for bit.
+    pd.testing.assert_frame_equal(comparable(a), comparable(b), check_exact=False, rtol=1e-6)
     keys = lambda root: sorted(r["key"] for r in records.iter_edit_records(root))  # noqa: E731
     assert keys(tmp_path / "parallel") == keys(tmp_path / "sequential")
-    pngs = lambda root: {p.name: p.read_bytes() for p in sorted(root.glob("edits/*/*.png"))}  # noqa: E731
-    assert pngs(tmp_path / "parallel") == pngs(tmp_path / "sequential")
+    # Same keys ⇒ same computation; float32 rounding that differs between processes can move a pixel across
+    # one 8-bit quantisation boundary, never further.
+    pixels = lambda root: {p.name: np.asarray(Image.open(p), dtype=np.int16)  # noqa: E731
+                           for p in sorted(root.glob("edits/*/*.png"))}
+    parallel_pixels, sequential_pixels = pixels(tmp_path / "parallel"), pixels(tmp_path / "sequential")
+    assert parallel_pixels.keys() == sequential_pixels.keys()
+    for name, image in parallel_pixels.items():
+        assert np.abs(image - sequential_pixels[name]).max() <= 1, name
     assert comparable(pd.read_csv(merged)).shape == comparable(b).shape
 
 
@@ -109,7 +120,7 @@ def test_callback_aggregates_every_results_dir_of_the_sweep(tmp_path):
 def test_submitit_local_sweep_runs_and_merges(tmp_path):
     """The SLURM code path (pickled jobs, submitit folders) on this machine, 2 jobs, merged at the end."""
     data = write_yaml_dataset((tmp_path / "data").mkdir() or tmp_path / "data", n_images=1)
-    result = bench(["-m", "launcher=submitit_local", "model=tiny_random", "method=sdedit", "method.num_inference_steps=3",
+    result = bench(["-m", "launcher=submitit_local", "model=tiny_random", "method=sdedit", "method.num_steps=3",
                     "method.strength=0.5,0.8", *dataset_overrides(data), "runtime.progress=false",
                     f"paths.results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     assert result.returncode == 0, result.stderr[-3000:]

@@ -47,11 +47,11 @@ def latent_mse(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_reconstruction_beats_plain_ddim_at_cfg_7_5_and_losses_are_recorded(pipe, source_image, generator):
     steps = 5
     x0 = pipe.encode_image(source_image)
-    ddim = DDIM(num_inference_steps=steps, inversion_guidance_scale=1.0, guidance_scale=7.5)
+    ddim = DDIM(num_steps=steps, inversion_guidance_scale=1.0, guidance_scale=7.5)
     ddim_rec = ddim.edit_latents(pipe, ddim.invert(pipe, source_image, PROMPT, generator), reconstruction_item())
     ddim_error = latent_mse(ddim_rec[0], x0[0])
 
-    method = NullTextP2P(num_inference_steps=steps, guidance_scale=7.5, num_inner_steps=10)
+    method = NullTextP2P(num_steps=steps, guidance_scale=7.5, num_inner_steps=10)
     inversion = method.invert(pipe, source_image, PROMPT, generator)
     nti_rec = method.edit_latents(pipe, inversion, reconstruction_item())[0]  # the source branch
     nti_error = latent_mse(nti_rec, x0[0])
@@ -75,7 +75,7 @@ def alpha_bar(scheduler, t: int) -> torch.Tensor:
 def test_one_inner_step_matches_an_independent_implementation(pipe, source_image, generator):
     """One Adam step on ∅ at i = 0, written from the spec's formulas (§1 step indexing, §2.4 loop)."""
     steps, w = 3, 7.5
-    method = NullTextP2P(num_inference_steps=steps, guidance_scale=w, num_inner_steps=1, early_stop_epsilon=0.0)
+    method = NullTextP2P(num_steps=steps, guidance_scale=w, num_inner_steps=1, early_stop_epsilon=0.0)
     inversion = method.invert(pipe, source_image, PROMPT, generator)
 
     scheduler = pipe.scheduler  # the method left it at `steps` steps: timesteps 666, 333, 0
@@ -143,7 +143,7 @@ def test_optimise_timestep_stops_at_the_first_loss_below_the_threshold():
 def test_early_stop_and_unet_pass_counts(pipe, source_image, generator):
     steps = 4
     for epsilon, expect_all_one in ((1e3, True), (0.0, False)):
-        method = NullTextP2P(num_inference_steps=steps, num_inner_steps=3, early_stop_epsilon=epsilon)
+        method = NullTextP2P(num_steps=steps, num_inner_steps=3, early_stop_epsilon=epsilon)
         before = pipe.counter.snapshot()
         inversion = method.invert(pipe, source_image, PROMPT, generator)
         spent = pipe.counter.since(before)
@@ -161,7 +161,7 @@ def test_early_stop_and_unet_pass_counts(pipe, source_image, generator):
 
 
 def test_same_seed_gives_identical_optimised_embeddings(pipe, source_image):
-    method = NullTextP2P(num_inference_steps=3, num_inner_steps=3)
+    method = NullTextP2P(num_steps=3, num_inner_steps=3)
     first = method.invert(pipe, source_image, PROMPT, torch.Generator().manual_seed(0))
     second = method.invert(pipe, source_image, PROMPT, torch.Generator().manual_seed(0))
     assert first.tensors.keys() == second.tensors.keys()
@@ -171,7 +171,7 @@ def test_same_seed_gives_identical_optimised_embeddings(pipe, source_image):
 
 
 def test_edit_uses_the_per_step_null_embeddings_for_both_branches(pipe, source_image, generator):
-    method = NullTextP2P(num_inference_steps=3, num_inner_steps=2)
+    method = NullTextP2P(num_steps=3, num_inner_steps=2)
     inversion = method.invert(pipe, source_image, PROMPT, generator)
     seen = []
     hook = pipe.unet.register_forward_pre_hook(
@@ -191,7 +191,7 @@ def test_crash_mid_optimisation_leaves_no_inversion_and_a_failed_record(tmp_path
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(image_path)
     items = [EditItem("img/0", "img", str(image_path), PROMPT, "a red square on a blue background")]
     method, scheduler_cfg = method_from_config({"_target_": "methods.null_text_p2p.NullTextP2P",
-                                                "num_inference_steps": 3, "num_inner_steps": 2,
+                                                "num_steps": 3, "num_inner_steps": 2,
                                                 "scheduler": dict(SCHEDULER_OFFSET0)})
     real = optimise_timestep
     calls = []

@@ -70,10 +70,10 @@ def test_measure_unet_leaves_the_counter_alone(perf_pipe):
 
 
 def test_override_steps_keeps_the_skip_fraction():
-    cfg = override_steps({"num_diffusion_steps": 100, "skip": 36, "num_inner_steps": 10}, 25, inner_steps=3)
-    assert cfg == {"num_diffusion_steps": 25, "skip": 9, "num_inner_steps": 3}
-    assert override_steps({"num_diffusion_steps": 100, "skip": 99}, 4)["skip"] == 3  # at most T − 1
-    assert override_steps({"num_inference_steps": 50, "strength": 0.8}, 7) == {"num_inference_steps": 7,
+    cfg = override_steps({"num_steps": 100, "skip": 36, "num_inner_steps": 10}, 25, inner_steps=3)
+    assert cfg == {"num_steps": 25, "skip": 9, "num_inner_steps": 3}
+    assert override_steps({"num_steps": 100, "skip": 99}, 4)["skip"] == 3  # at most T − 1
+    assert override_steps({"num_steps": 50, "strength": 0.8}, 7) == {"num_steps": 7,
                                                                                 "strength": 0.8}
 
 
@@ -109,10 +109,10 @@ def test_baseline_and_method_agree(label, perf_pipe, perf_item):
 
 
 def test_baseline_comparison_detects_a_different_edit(perf_pipe, perf_item):
-    """The agreement above is not vacuous: a method with another cfg_tar is far outside the tolerance."""
+    """The agreement above is not vacuous: a method with another guidance_scale is far outside the tolerance."""
     item, image = perf_item
     spec = method_spec("ef_ddpm", "tiny_random", STEPS)
-    other = method_spec("ef_ddpm", "tiny_random", STEPS, extra={"cfg_tar": spec.method.cfg_tar - 2})
+    other = method_spec("ef_ddpm", "tiny_random", STEPS, extra={"guidance_scale": spec.method.guidance_scale - 2})
     perf_pipe.scheduler = build_scheduler(spec.scheduler_cfg)
     ours = reference_loops.pair_for(spec.method, "ef_ddpm").method_run(perf_pipe, image, item)
     theirs = reference_loops.pair_for(other.method, "ef_ddpm").reference_run(perf_pipe, image, item)

@@ -33,11 +33,11 @@ def results(tmp_path) -> Path:
         for v, value in enumerate(values):
             for i in range(2):
                 key = f"{method}-{v}-{i}"
-                add_edit(root, key, method, f"img{i}/0", hparams={knob: value, "num_inference_steps": 4},
+                add_edit(root, key, method, f"img{i}/0", hparams={knob: value, "num_steps": 4},
                          image=True)
                 add_metric(root, key, "lpips_alex", 0.1 + value / 2 + i / 100, higher=False)
                 add_metric(root, key, "clip_score", 0.2 + value / 10, scale=100)
-    add_edit(root, "failed-one", "sdedit", "img7/0", hparams={"strength": 0.5, "num_inference_steps": 4},
+    add_edit(root, "failed-one", "sdedit", "img7/0", hparams={"strength": 0.5, "num_steps": 4},
              status="failed")
     return root
 

@@ -22,7 +22,7 @@ from bench.runner import EditJob, method_from_config, run_from_config
 from bench.tables import load_edits, summary_table
 from conftest import REPO_ROOT, SHARED_DATA, compose_config
 
-FAST = ["model=tiny_random", "method=sdedit", "method.num_inference_steps=4"]
+FAST = ["model=tiny_random", "method=sdedit", "method.num_steps=4"]
 needs_shared = pytest.mark.skipif(not (SHARED_DATA / "ef_ddpm_examples").is_dir(), reason="../shared/data absent")
 
 
@@ -92,7 +92,7 @@ def test_bad_items_are_recorded_as_failed_and_the_rest_finish(tmp_path, tiny_pip
         EditItem("empty_prompt", "good", str(good), "a cat", "   "),
         EditItem("good", "good", str(good), "a cat", "a dog"),
     ]
-    method, scheduler_cfg = method_from_config({"_target_": "methods.sdedit.SDEdit", "num_inference_steps": 3,
+    method, scheduler_cfg = method_from_config({"_target_": "methods.sdedit.SDEdit", "num_steps": 3,
                                                 "scheduler": {"steps_offset": 1}})
     job = EditJob(pipe=tiny_pipe, method=method, method_label="sdedit", scheduler_cfg=scheduler_cfg,
                   dataset=ListDataset(items), items=items, results_dir=tmp_path / "results", seed=0, progress=False)
@@ -144,7 +144,7 @@ def test_multirun_sweep_has_one_table_row_per_point(tmp_path):
 def test_sigkill_mid_sweep_then_resume_recomputes_nothing_finished(tmp_path):
     data = write_yaml_dataset((tmp_path / "data").mkdir() or tmp_path / "data", n_images=10)
     results = tmp_path / "results"
-    args = ["model=tiny_random", "method=sdedit", "method.num_inference_steps=40", "method.strength=1.0",
+    args = ["model=tiny_random", "method=sdedit", "method.num_steps=40", "method.strength=1.0",
             *dataset_overrides(data), f"paths.results_dir={results}", "runtime.progress=false"]
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -174,6 +174,6 @@ def test_sigkill_mid_sweep_then_resume_recomputes_nothing_finished(tmp_path):
 
 @needs_shared
 def test_ef_examples_from_shared_data(tmp_path):
-    cfg = compose_config(FAST + ["dataset=ef_examples", "method.num_inference_steps=2"], tmp_path)
+    cfg = compose_config(FAST + ["dataset=ef_examples", "method.num_steps=2"], tmp_path)
     summary = run_from_config(cfg)
     assert (summary.ok, summary.failed) == (4, 0)

@@ -30,7 +30,7 @@ from test_null_text import PROMPT, one_thread, pipe  # noqa: F401  (fixtures: si
 from test_runner import ListDataset
 
 TARGET = "a red square on a blue background"
-SMALL = dict(num_inference_steps=4, num_inner_steps=5)
+SMALL = dict(num_steps=4, num_inner_steps=5)
 
 
 def item(target: str = TARGET) -> EditItem:
@@ -42,7 +42,7 @@ def test_iteration_budgets_match_the_reference_schedule():
     assert budgets == [100, 91, 82, 75, 68, 61, 55, 50, 45, 41, 37, 34, 31, 28, 25, 23, 21, 19, 17, 15, 14, 13, 12,
                        11, 10, 9, 8, 7, 7, 6]
     assert sum(budgets) == 1015
-    assert StyleDiffusionP2Plus(num_inference_steps=50).inner_step_budgets()[-1] == math.ceil(100 * math.exp(-4.9))
+    assert StyleDiffusionP2Plus(num_steps=50).inner_step_budgets()[-1] == math.ceil(100 * math.exp(-4.9))
     assert [target_maps_index(i, 30) for i in (0, 1, 2, 29)] == [29, 29, 28, 1]
     with pytest.raises(HyperparameterError, match="uncond_self_replace_steps"):
         StyleDiffusionP2Plus(uncond_self_replace_steps=1.5)
@@ -118,13 +118,13 @@ def test_mapping_network_reaches_only_the_value_path(pipe, source_image, generat
 
 def reconstruct(pipe, method: StyleDiffusionP2Plus, inversion: Inversion) -> torch.Tensor:
     """Single-branch sampling with M_i on the conditional value path (what the optimisation fitted)."""
-    pipe.scheduler.set_timesteps(method.num_inference_steps)
+    pipe.scheduler.set_timesteps(method.num_steps)
     cond, uncond = pipe.encode_prompts([PROMPT, ""]).chunk(2)
     features = inversion.tensors["image_features"].float()
     control = ValueInjectionRecorder(sd_equivalent_resolution(pipe.unet, 16))
     latent = inversion.tensors["x_T"]
     with torch.no_grad(), attention_control(pipe, control):
-        networks = load_mapping_networks(inversion, method.num_inference_steps, cond.shape[-1])
+        networks = load_mapping_networks(inversion, method.num_steps, cond.shape[-1])
         for net, t in zip(networks, pipe.scheduler.timesteps):
             control.scale_shift = None
             eps_uncond = pipe.unet_eps(latent, t, uncond)
@@ -173,7 +173,7 @@ def test_early_stop_budgets_and_unet_pass_counts(pipe, source_image, generator):
 
 
 def test_same_seed_gives_identical_mapping_networks(pipe, source_image):
-    method = StyleDiffusionP2Plus(num_inference_steps=3, num_inner_steps=3)
+    method = StyleDiffusionP2Plus(num_steps=3, num_inner_steps=3)
     first = method.invert(pipe, source_image, PROMPT, torch.Generator().manual_seed(0))
     second = method.invert(pipe, source_image, PROMPT, torch.Generator().manual_seed(0))
     other = method.invert(pipe, source_image, PROMPT, torch.Generator().manual_seed(1))
@@ -190,7 +190,7 @@ def test_crash_mid_optimisation_leaves_no_inversion_and_a_failed_record(tmp_path
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(image_path)
     items = [EditItem("img/0", "img", str(image_path), PROMPT, TARGET)]
     method, scheduler_cfg = method_from_config({"_target_": "methods.stylediffusion_p2plus.StyleDiffusionP2Plus",
-                                                "num_inference_steps": 3, "num_inner_steps": 2,
+                                                "num_steps": 3, "num_inner_steps": 2,
                                                 "scheduler": dict(SCHEDULER_OFFSET0)})
 
     def crash(*args, **kwargs):

@@ -153,7 +153,7 @@ def test_paper_tables_applied_by_dataset_or_by_name(tmp_path, results):
 def test_default_point_is_the_method_configs_values(tmp_path):
     root = tmp_path / "r"
     for key, strength in (("a", 0.5), ("b", 0.8), ("c", 1.0)):
-        add_edit(root, key, "sdedit", "img0/0", hparams={"strength": strength, "num_inference_steps": 4})
+        add_edit(root, key, "sdedit", "img0/0", hparams={"strength": strength, "num_steps": 4})
     from bench.tables import load_edits
 
     assert default_points(load_edits(root)) == {"sdedit": "strength=0.8"}  # conf/method/sdedit.yaml: 0.8

@@ -15,7 +15,7 @@ from conftest import compose_config
 from test_runner import dataset_overrides, write_yaml_dataset
 from test_tables import add_metric
 
-FAST = ["model=tiny_random", "method=sdedit", "method.num_inference_steps=3"]
+FAST = ["model=tiny_random", "method=sdedit", "method.num_steps=3"]
 
 
 @pytest.fixture(scope="module")

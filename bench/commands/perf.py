@@ -91,11 +91,11 @@ def register(subparsers) -> None:
                         help="alternated method/baseline runs (min of each)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the reference-shaped baselines")
     parser.add_argument("--no-grid", action="store_true", help="skip the ablation-grid measurement")
-    parser.add_argument("--grid-method", default="ef_ddpm", help="method config of the grid (T_skip × cfg_tar)")
+    parser.add_argument("--grid-method", default="ef_ddpm", help="method config of the grid (T_skip × guidance_scale)")
     parser.add_argument("--grid-skip", default=",".join(str(x) for x in DEFAULT_SKIP_FRACTIONS),
                         help="T_skip values as fractions of T, comma-separated")
     parser.add_argument("--grid-cfg", default=",".join(str(x) for x in DEFAULT_CFG_TAR),
-                        help="cfg_tar values, comma-separated")
+                        help="guidance_scale values, comma-separated")
     parser.add_argument("--baseline-dtype", choices=["float32", "float16", "bfloat16"],
                         help="run the baselines on a second copy of the model in this dtype (GPU acceptance: "
                              "--dtype float16 --baseline-dtype float32); default: --dtype, same pipeline")

@@ -1,9 +1,9 @@
-"""A k-point ablation grid (EF-DDPM over T_skip × cfg_tar) through the runner with inversion reuse,
+"""A k-point ablation grid (EF-DDPM over T_skip × guidance_scale) through the runner with inversion reuse,
 against k independent runs that each recompute the inversion.
 
 Shared: the k jobs of a sweep write into one results directory; the first job computes the inversion
-and saves it, the other k−1 load it (its key holds only the inversion hyperparameters: T, η, cfg_src),
-exactly as ``bench -m method.skip=… method.cfg_tar=…`` runs. Independent: each point in its own
+and saves it, the other k−1 load it (its key holds only the inversion hyperparameters: T, η, inversion_guidance_scale),
+exactly as ``bench -m method.skip=… method.guidance_scale=…`` runs. Independent: each point in its own
 results directory, so each one inverts again (what a script without a cache does).
 """
 
@@ -49,14 +49,14 @@ class GridResult:
 def grid_specs(model: str, label: str, steps: int | None, skip_fractions, cfg_values, inner_steps=None):
     """One MethodSpec per grid point (T_skip = round(fraction·T), capped at T−1)."""
     base = method_spec(label, model, steps, inner_steps)
-    total = int(base.config["num_diffusion_steps"])
+    total = int(base.config["num_steps"])
     skips = [min(total - 1, int(round(float(fraction) * total))) for fraction in skip_fractions]
     if len(set(skips)) != len(skips) or len(set(cfg_values)) != len(cfg_values):
         raise ValueError(f"grid points collide at T={total}: T_skip fractions {list(skip_fractions)} → {skips}, "
-                         f"cfg_tar {list(cfg_values)}; use more steps or other --grid-skip/--grid-cfg values")
+                         f"guidance_scale {list(cfg_values)}; use more steps or other --grid-skip/--grid-cfg values")
     specs = []
-    for skip, cfg_tar in itertools.product(skips, cfg_values):
-        specs.append(method_spec(label, model, steps, inner_steps, extra={"skip": skip, "cfg_tar": float(cfg_tar)}))
+    for skip, guidance_scale in itertools.product(skips, cfg_values):
+        specs.append(method_spec(label, model, steps, inner_steps, extra={"skip": skip, "guidance_scale": float(guidance_scale)}))
     return specs
 
 
@@ -104,9 +104,9 @@ def run_grid(pipe, model: str, item, work_dir: str | Path, label: str = "ef_ddpm
                 best[mode] = result
     (computed, loaded), shared_seconds, shared_cpu, shared_nfe = best["shared"]
     independent_computed, independent_seconds, independent_cpu, independent_nfe = best["independent"]
-    points = [{"skip": s.method.skip, "cfg_tar": s.method.cfg_tar} for s in specs]
+    points = [{"skip": s.method.skip, "guidance_scale": s.method.guidance_scale} for s in specs]
     return GridResult(label, points, shared_seconds, independent_seconds, computed, loaded, independent_computed,
-                      shared_nfe, independent_nfe, int(specs[0].config["num_diffusion_steps"]),
+                      shared_nfe, independent_nfe, int(specs[0].config["num_steps"]),
                       {"shared_cpu_seconds": shared_cpu, "independent_cpu_seconds": independent_cpu,
                        "speedup_cpu": independent_cpu / shared_cpu if pipe.device.type == "cpu" else None,
                        "rounds": max(1, rounds)})

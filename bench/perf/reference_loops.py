@@ -14,7 +14,7 @@ max |Δ| ≤ 1e-4) and the time ratio measures the loop shape alone. What each b
   a plain edit, and EF-DDPM's ``our_inv`` registers an ``AttentionStore`` (spec §2.3: `main_run.py`
   L94-96), which records the maps of layers ≤ 32² (SD size) at every step.
 - **separate ∅ / c passes** where the reference makes them: EF-DDPM's inversion (``inversion_utils.py``
-  L139-148) and reverse process, the EF repo's CFG DDIM inversion (w = cfg_src) and its P2P copy with
+  L139-148) and reverse process, the EF repo's CFG DDIM inversion (w = inversion_guidance_scale) and its P2P copy with
   ``LOW_RESOURCE=True`` (spec §2.1), where the controller leaves the ∅ pass alone. The P2P/NTI notebooks
   (LOW_RESOURCE=False) batch [∅…, c…] as the harness does.
 - **Null-text inversion**: the reference recomputes ε_c together with ε_θ(z̄, t, ∅_t) in one batch-2
@@ -116,7 +116,7 @@ def batched_cfg(pipe, latents, t, cond, uncond, scale) -> torch.Tensor:
 
 def ddim_inversion_reference(pipe, x0, cond, uncond, scale: float, ef_shape: bool) -> torch.Tensor:
     """x_T. P2P/NTI ``ddim_loop``: the conditional pass only (w=1). EF ``ddim_inversion``: CFG with
-    separate ∅ and c passes at w = cfg_src."""
+    separate ∅ and c passes at w = inversion_guidance_scale."""
     scheduler, latents = pipe.scheduler, x0
     for t in scheduler.timesteps.flip(0):
         if scale == 1 and not ef_shape:
@@ -146,11 +146,11 @@ def text2image_reference(pipe, x_T, cond, uncond, scale, inner: AttentionControl
 
 def ddim_inverted(pipe, method, image, item, ef_shape: bool) -> torch.Tensor:
     """x_T of a DDIM-family config (its N and inversion guidance), scheduler left at N steps."""
-    pipe.scheduler.set_timesteps(method.num_inference_steps)
+    pipe.scheduler.set_timesteps(method.num_steps)
     cond, uncond = pipe.encode_prompts([item.source_prompt, ""]).chunk(2)
     x_T = ddim_inversion_reference(pipe, pipe.encode_image(image), cond, uncond, method.inversion_guidance_scale,
                                    ef_shape)
-    pipe.scheduler.set_timesteps(method.num_inference_steps)
+    pipe.scheduler.set_timesteps(method.num_steps)
     return x_T
 
 
@@ -172,7 +172,7 @@ def ddim_p2p_reference(pipe, method, image, item, label: str) -> torch.Tensor:
     cond = pipe.encode_prompts([item.source_prompt, item.target_prompt])
     uncond = pipe.encode_prompts(["", ""])
     scales = torch.tensor([method.source_guidance_scale, method.guidance_scale])
-    controller = method.p2p_controller(pipe, item, method.num_inference_steps)
+    controller = method.p2p_controller(pipe, item, method.num_steps)
     return text2image_reference(pipe, x_T.expand(2, -1, -1, -1), cond, uncond, scales, controller,
                                 low_resource=ef_shape)
 
@@ -202,7 +202,7 @@ def ef_noised_latents(pipe, method, x0, generator) -> list[torch.Tensor]:
 def ef_reference(pipe, method, image, item, label: str, generator: torch.Generator) -> torch.Tensor:
     """EF ``inversion_forward_process`` then ``inversion_reverse_process`` (∅ and c as separate passes),
     with the AttentionStore of ``our_inv`` or the P2P controller of ``p2pinv`` registered."""
-    scheduler, T = pipe.scheduler, method.num_diffusion_steps
+    scheduler, T = pipe.scheduler, method.num_steps
     scheduler.set_timesteps(T)
     ascending = scheduler.timesteps.flip(0)
     cond, uncond = pipe.encode_prompts([item.source_prompt, ""]).chunk(2)
@@ -210,7 +210,7 @@ def ef_reference(pipe, method, image, item, label: str, generator: torch.Generat
     zs = [None] * T
     for n in range(T, 0, -1):
         t = ascending[n - 1]
-        eps = separate_cfg(pipe, None, xts[n], t, cond, uncond, method.cfg_src)
+        eps = separate_cfg(pipe, None, xts[n], t, cond, uncond, method.inversion_guidance_scale)
         zs[n - 1] = ef_extract_noise(scheduler, xts[n - 1], xts[n], eps, int(t), method.eta)
         xts[n - 1] = ef_step(scheduler, xts[n], eps, int(t), method.eta, zs[n - 1])  # the reference's write-back
 
@@ -242,7 +242,7 @@ def null_text_reference(pipe, method, image, item, label: str) -> torch.Tensor:
     """``NullInversion`` (DDIM w=1, then per step: ε_c without grad, Adam on ∅ with early stop, and the
     z̄ update from one batch-2 call on [∅_t, c]) + P2P editing with the notebooks' batched CFG."""
     scheduler, w = pipe.scheduler, method.guidance_scale
-    scheduler.set_timesteps(method.num_inference_steps)
+    scheduler.set_timesteps(method.num_steps)
     cond, uncond = pipe.encode_prompts([item.source_prompt, ""]).chunk(2)
     with torch.no_grad():
         trajectory, latent = [pipe.encode_image(image)], None
@@ -270,9 +270,9 @@ def null_text_reference(pipe, method, image, item, label: str) -> torch.Tensor:
             latent = ddim_step(scheduler, batched_cfg(pipe, latent, t, cond, null, w), int(t), latent)
 
     with torch.no_grad():
-        scheduler.set_timesteps(method.num_inference_steps)
+        scheduler.set_timesteps(method.num_steps)
         cond = pipe.encode_prompts([item.source_prompt, item.target_prompt])
-        controller = method.p2p_controller(pipe, item, method.num_inference_steps)
+        controller = method.p2p_controller(pipe, item, method.num_steps)
         return text2image_reference(pipe, trajectory[-1].expand(2, -1, -1, -1), cond, None, w, controller,
                                     low_resource=False, per_step_uncond=[n.expand(2, -1, -1) for n in nulls])
 
@@ -304,7 +304,7 @@ def stylediffusion_reference(pipe, method, image, item, label: str, generator: t
         target_maps_index,
     )
 
-    scheduler, w, n = pipe.scheduler, method.guidance_scale, method.num_inference_steps
+    scheduler, w, n = pipe.scheduler, method.guidance_scale, method.num_steps
     scheduler.set_timesteps(n)
     cond, uncond = pipe.encode_prompts([item.source_prompt, ""]).chunk(2)
     with torch.no_grad():
@@ -372,7 +372,7 @@ def sdedit_reference(pipe, method, image, item, label: str, generator: torch.Gen
     img2img.set_progress_bar_config(disable=True)
     cond, uncond = pipe.encode_prompts([item.target_prompt, ""]).chunk(2)
     latents = img2img(image=pipe.encode_image(image), strength=method.strength,
-                      num_inference_steps=method.num_inference_steps, guidance_scale=method.guidance_scale,
+                      num_inference_steps=method.num_steps, guidance_scale=method.guidance_scale,
                       eta=method.eta, generator=generator, prompt_embeds=cond, negative_prompt_embeds=uncond,
                       output_type="latent").images
     return pipe.decode_latents(latents)[0]

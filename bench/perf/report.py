@@ -52,7 +52,7 @@ def method_rows(report) -> list[dict]:
 
 def grid_row(grid) -> dict:
     return {"method": grid.method, "points": len(grid.points), "steps": grid.steps,
-            "skips": sorted({p["skip"] for p in grid.points}), "cfg_tar": sorted({p["cfg_tar"] for p in grid.points}),
+            "skips": sorted({p["skip"] for p in grid.points}), "guidance_scale": sorted({p["guidance_scale"] for p in grid.points}),
             "shared_s": grid.shared_seconds, "independent_s": grid.independent_seconds, "speedup": grid.speedup,
             "shared_inversions": f"{grid.shared_inversions_computed} computed, {grid.shared_inversions_loaded} loaded",
             "independent_inversions": grid.independent_inversions_computed,
@@ -107,7 +107,7 @@ def markdown(report) -> str:
     if report.grid is not None:
         g = grid_row(report.grid)
         lines += ["", f"## Ablation grid: {g['method']} {g['points']} points (T={g['steps']}, T_skip {g['skips']} × "
-                      f"cfg_tar {g['cfg_tar']})", "",
+                      f"guidance_scale {g['guidance_scale']})", "",
                   "| mode | seconds | inversions | NFE |", "|---|---|---|---|",
                   f"| shared (one results dir, inversion reused) | {g['shared_s']:.3f} | {g['shared_inversions']} | "
                   f"{g['shared_nfe']} |",

@@ -155,10 +155,7 @@ def machine_info(device: torch.device, dtype: str) -> dict[str, Any]:
 
 
 def steps_of(spec) -> int | None:
-    for name in ("num_inference_steps", "num_diffusion_steps"):
-        if name in spec.config:
-            return int(spec.config[name])
-    return None
+    return int(spec.config["num_steps"]) if "num_steps" in spec.config else None
 
 
 def compare_with_baseline(pipe, spec, image, item, repeats: int, seed: int, reference_pipe=None) -> dict | None:

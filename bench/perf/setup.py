@@ -15,7 +15,7 @@ from bench.config import CONF_DIR, group_options
 from bench.data.item import EditItem
 
 SD_SHAPED = "sd14_random"  # built in code by bench.perf.sd_shaped (no conf/model entry, no weights)
-STEP_FIELDS = ("num_inference_steps", "num_diffusion_steps")
+STEP_FIELDS = ("num_steps",)
 SOURCE_PROMPT = "a red circle on a blue background"  # toy-world vocabulary, so every model can tokenize it
 TARGET_PROMPT = "a green circle on a blue background"  # same word count: P2P replace mode
 
