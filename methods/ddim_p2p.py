@@ -4,7 +4,7 @@ Inversion is ``methods.ddim.DDIM``'s (same hparams, same cache entry shape). Edi
 [source, target] from the same x_T with deterministic DDIM; the UNet batch holds the unconditional
 and conditional rows of both branches, [∅, ∅, c_src, c_tgt], with per-branch guidance
 [source_guidance_scale, guidance_scale] (P2P/NTI: 7.5 for both; EF repo `p2pddim`: [inversion_guidance_scale, guidance_scale]).
-The P2P controller (``methods.attention``) edits only the conditional rows of the target branch,
+The P2P controller (``methods.p2p``) edits only the conditional rows of the target branch,
 with N = num_steps in its step fractions. The reference EF copy runs the two passes
 separately (LOW_RESOURCE=True); batching them gives the same math.
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.attention import P2PEditHparams, attention_control
 from methods.base import check_range
 from methods.ddim import DDIM
+from methods.p2p import P2PEditHparams, attention_control
 from methods.steps import ddim_sampling_loop
 
 

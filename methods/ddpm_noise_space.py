@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.attention import AttentionController, attention_control
 from methods.base import HyperparameterError, Inversion, Method, check_range
+from methods.p2p import AttentionController, attention_control
 from methods.steps import ef_extract_noise, ef_step, guided_noise
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.attention import P2PController, P2PEditHparams
 from methods.base import check_range
 from methods.ef_ddpm import EFDDPM
+from methods.p2p import P2PController, P2PEditHparams
 
 
 @dataclass

@@ -17,7 +17,7 @@ The reference recomputes ε_c together with ε_θ(z̄,t,∅_t) for the last upda
 
 Editing: the batch [source, target] from x*_T with CFG w for both branches, the UNet batch
 [∅_t, ∅_t, c_src, c_tgt] at step t (the *same* optimised ∅_t for both branches, as the reference
-`text2image_ldm_stable` does), and a P2P controller (``methods.attention``) on the conditional rows.
+`text2image_ldm_stable` does), and a P2P controller (``methods.p2p``) on the conditional rows.
 
 Cost: inversion N forward passes (DDIM, w=1) + Σ_i (k_i + 2) forward and Σ_i k_i backward UNet passes,
 k_i = the inner iterations actually run at step i (``Inversion.meta["iterations"]``); editing 4N.
@@ -34,8 +34,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from methods.attention import P2PController, P2PEditHparams, attention_control
 from methods.base import Inversion, Method, check_range
+from methods.p2p import P2PController, P2PEditHparams, attention_control
 from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_sampling_loop, ddim_step
 
 

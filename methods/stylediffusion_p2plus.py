@@ -63,7 +63,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.attention import (
+from methods.base import HyperparameterError, Inversion, check_range
+from methods.null_text_p2p import NullTextP2P, TimestepFit, fit_meta, optimise_timestep
+from methods.p2p import (
     MAX_TOKENS,
     AttentionController,
     AttentionLayer,
@@ -72,8 +74,6 @@ from methods.attention import (
     sd_equivalent_resolution,
     step_window,
 )
-from methods.base import HyperparameterError, Inversion, check_range
-from methods.null_text_p2p import NullTextP2P, TimestepFit, fit_meta, optimise_timestep
 from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_step
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing

@@ -8,11 +8,23 @@ import pytest
 import torch
 
 from bench.data.item import EditItem
-from methods.attention import (AttentionController, AttentionRefine, AttentionStore, LocalBlend, align_tokens,
-                               attention_control, attention_layers, build_p2p_controller, cross_replace_schedule, replacement_mapper,
-                               sd_equivalent_resolution, step_window, word_token_indices)
 from methods.ddim_p2p import DDIMP2P
 from methods.ef_ddpm_p2p import EFDDPMP2P
+from methods.p2p import (
+    AttentionController,
+    AttentionRefine,
+    AttentionStore,
+    LocalBlend,
+    align_tokens,
+    attention_control,
+    attention_layers,
+    build_p2p_controller,
+    cross_replace_schedule,
+    replacement_mapper,
+    sd_equivalent_resolution,
+    step_window,
+    word_token_indices,
+)
 
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
 

@@ -121,7 +121,7 @@ def test_baseline_comparison_detects_a_different_edit(perf_pipe, perf_item):
 
 def test_reference_attention_is_explicit_everywhere(perf_pipe, perf_item):
     """The baseline's hook materialises probabilities in every layer and leaves the ∅ pass unedited."""
-    from methods.attention import AttentionController, attention_layers
+    from methods.p2p import AttentionController, attention_layers
 
     class Counting(AttentionController):
         def __init__(self):

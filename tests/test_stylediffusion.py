@@ -8,14 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import SCHEDULER_OFFSET0
 from PIL import Image
+from test_null_text import PROMPT, one_thread, pipe  # noqa: F401  (fixtures: single thread, DDIM steps_offset 0)
+from test_runner import ListDataset
 
 from bench import records
 from bench.data.item import EditItem
 from bench.runner import EditJob, method_from_config
-from conftest import SCHEDULER_OFFSET0
-from methods.attention import attention_control, sd_equivalent_resolution
 from methods.base import HyperparameterError, Inversion
+from methods.p2p import attention_control, sd_equivalent_resolution
 from methods.steps import classifier_free_guidance, ddim_step
 from methods.stylediffusion_p2plus import (
     MappingNetwork,
@@ -26,8 +28,6 @@ from methods.stylediffusion_p2plus import (
     styled_value,
     target_maps_index,
 )
-from test_null_text import PROMPT, one_thread, pipe  # noqa: F401  (fixtures: single thread, DDIM steps_offset 0)
-from test_runner import ListDataset
 
 TARGET = "a red square on a blue background"
 SMALL = dict(num_steps=4, num_inner_steps=5)

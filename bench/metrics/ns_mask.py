@@ -5,7 +5,7 @@ L219-228). Steps reproduced:
 
 1. Hand-built DDIM (SD betas, ``set_alpha_to_one=False``, ``steps_offset`` 0), 50 steps.
 2. DDIM-invert the source latent (VAE posterior mean × scaling factor) with the *source* prompt,
-   conditional branch only (w = 1), while ``methods.attention.AttentionStore`` records attention.
+   conditional branch only (w = 1), while ``methods.p2p.AttentionStore`` records attention.
 3. Cross-attention maps of the "up" and "down" blocks at 16² for SD's 64² latent — here the UNet's
    attention resolution for latent_size/4 (``sd_equivalent_resolution``, rounded up to a resolution
    the UNet has attention at) — averaged over steps, layers and heads. Quirk reproduced: the
@@ -56,7 +56,7 @@ def attention_map(pipe, source: torch.Tensor, prompt: str, num_inference_steps: 
                   attention_res_divisor: int = 4) -> torch.Tensor:
     """(res, res, 77) cross-attention of the DDIM inversion of ``source`` ((3,H,W) in [-1,1]) under ``prompt``."""
     from bench.models import build_scheduler
-    from methods.attention import AttentionStore, attention_control, sd_equivalent_resolution
+    from methods.p2p import AttentionStore, attention_control, sd_equivalent_resolution
     from methods.steps import ddim_inversion_loop
 
     scheduler = build_scheduler(STYLEDIFFUSION_DDIM)

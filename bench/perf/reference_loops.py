@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from methods.attention import AttentionController, AttentionStore, attention_control, sd_equivalent_resolution
+from methods.p2p import AttentionController, AttentionStore, attention_control, sd_equivalent_resolution
 from methods.steps import (
     classifier_free_guidance,
     ddim_inversion_step,
