@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: help setup run run-tiny test test-slow tables report perf toy-weights clean
+.PHONY: help setup run run-tiny test test-slow lint tables report perf toy-weights clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -33,8 +33,11 @@ run-tiny: setup ## a 1-minute smoke job: SDEdit on the EF examples with the tiny
 test: setup ## the test suite, offline (PYTEST_ARGS="..." for more)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-slow: setup ## slow tests too
-	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+test-slow: setup ## only the tests marked slow (CLI subprocess runs, long trainings; opt-in)
+	$(PY) -m pytest -q -m "slow and not gpu" $(PYTEST_ARGS)
+
+lint: setup ## ruff check (rules in pyproject.toml)
+	$(VENV)/bin/ruff check .
 
 tables: setup ## aggregate a results dir: make tables RESULTS=results/default
 	$(BENCH) tables $(or $(RESULTS),results/default)

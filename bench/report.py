@@ -19,8 +19,16 @@ from typing import Any, Iterable
 import pandas as pd
 
 from bench.io import atomic_path, write_text
-from bench.tables import (applicable_papers, default_points, display_cells, load_edits, load_long,
-                          paper_comparison, paper_tables, summary_table)
+from bench.tables import (
+    applicable_papers,
+    default_points,
+    display_cells,
+    load_edits,
+    load_long,
+    paper_comparison,
+    paper_tables,
+    summary_table,
+)
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,15 @@ import tempfile  # noqa: E402
 
 os.environ.setdefault("EDITBENCH_CACHE", tempfile.mkdtemp(prefix="editbench-test-cache-"))
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench import records  # noqa: E402
+from bench.data.base import Dataset  # noqa: E402
+from bench.io import write_json  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -25,6 +32,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SCHEDULER_OFFSET1 = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                          clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 SCHEDULER_OFFSET0 = dict(SCHEDULER_OFFSET1, steps_offset=0)
+PROMPT = "a red circle on a blue background"  # the null-text / StyleDiffusion tests' prompt
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +56,24 @@ def tiny_pipe(tiny_model_cfg):
 
     torch.manual_seed(0)
     return load_pipeline(tiny_model_cfg, SCHEDULER_OFFSET1)
+
+
+@pytest.fixture
+def one_thread():
+    """Single-threaded torch for the block (the tiny UNet is fastest so on a shared CPU); use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def pipe(tiny_model_cfg):
+    """The tiny pipeline with the hand-built DDIM (steps_offset 0) the NTI configs use."""
+    from bench.models import load_pipeline
+
+    return load_pipeline(tiny_model_cfg, SCHEDULER_OFFSET0)
 
 
 @pytest.fixture
@@ -128,3 +154,64 @@ def write_pie_fixture(root: Path, height=24, width=32) -> dict:
         Image.new("RGB", (width, height), (120, 30, 200)).save(path)
     (root / "mapping_file.json").write_text(json.dumps(mapping), encoding="utf-8")
     return mapping
+
+
+# ----------------------------------------------------------------------------------------------
+# small datasets and hand-written records
+
+
+def write_yaml_dataset(root: Path, n_images: int, prompts_per_image: int = 1) -> Path:
+    """A small EF-format dataset of generated images (so tests don't depend on shared data)."""
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(n_images):
+        array = (rng.random((48, 80, 3)) * 255).astype(np.uint8)  # non-square: exercises the centre crop
+        Image.fromarray(array).save(root / f"img_{i}.png")
+        entries.append({"init_img": f"/img_{i}.png", "source_prompt": f"a photo of a cat number {i}",
+                        "target_prompts": [f"a photo of a dog number {i} v{k}" for k in range(prompts_per_image)]})
+    (root / "prompts.yaml").write_text(yaml.safe_dump(entries))
+    return root
+
+
+def dataset_overrides(root: Path) -> list[str]:
+    return ["dataset=ef_examples", f"dataset.root={root}", "dataset.prompts_file=prompts.yaml"]
+
+
+class ListDataset(Dataset):
+    """A dataset of the given ``EditItem`` list."""
+
+    name, version = "inline", "1"
+
+    def __init__(self, items):
+        self._items = items
+
+    def items(self):
+        return self._items
+
+
+def add_edit(results: Path, key: str, method: str, item: str, seed: int = 0, hparams: dict | None = None,
+             stochastic: bool = False, status: str = "ok", dataset: str = "toyset", nfe: int = 10,
+             psnr: float = 20.0, image: bool = False) -> None:
+    rec = {"key": key, "status": status, "seed": seed,
+           "method": {"label": method, "name": method, "hparams": hparams or {}, "stochastic": stochastic},
+           "dataset": {"name": dataset}, "item": {"item_id": item, "image_id": item.split("/")[0],
+                                                  "source_prompt": "a cat", "target_prompt": "a dog"}}
+    if status == "ok":
+        rec["cost"] = {"inversion_nfe": nfe // 2, "edit_nfe": nfe - nfe // 2, "inversion_seconds": 1.0,
+                       "edit_seconds": 1.0}
+        rec["quick"] = {"psnr_vs_source": psnr}
+        rec["files"] = {"edited": f"edits/{method}/{key}.png", "source": f"sources/{item.split('/')[0]}.png"}
+        if image:
+            for rel, value in ((rec["files"]["edited"], 200), (rec["files"]["source"], 40)):
+                (results / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(results / rel)
+    else:
+        rec["error"] = {"type": "ValueError", "message": "boom"}
+    write_json(records.edit_record_path(results, method, key), rec)
+
+
+def add_metric(results: Path, key: str, metric_id: str, value: float | None, scale: float = 1.0,
+               higher: bool = True) -> None:
+    write_json(records.metric_record_path(results, metric_id, key),
+               {"edit_key": key, "metric_id": metric_id, "value": value, "display_scale": scale,
+                "higher_is_better": higher})

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.data.download import DownloadError, NetworkError, ShaLock, UnverifiedDownloadWarning, extract_members, fetch, http_download
+from bench.data.download import (
+    DownloadError,
+    NetworkError,
+    ShaLock,
+    UnverifiedDownloadWarning,
+    extract_members,
+    fetch,
+    http_download,
+)
 from bench.data.manifest import LOCK_NAME, ManifestDataset, load_manifest
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO_ROOT, SHARED_DATA, compose_config, write_imagenet_r_tree, write_pie_fixture
 
 from bench import records
 from bench.config import CONF_DIR
 from bench.io import write_json
 from bench.runner import dataset_from_config, method_from_config
 from bench.tables import summary_table
-from conftest import REPO_ROOT, SHARED_DATA, compose_config, write_imagenet_r_tree, write_pie_fixture
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 SWEEP_GROUP = re.compile(r"^\+?(experiment/\w+)@_global_$")

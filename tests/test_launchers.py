@@ -9,14 +9,13 @@ import sys
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 import pytest
+from conftest import REPO_ROOT, add_edit, compose_config, dataset_overrides, write_yaml_dataset
+from PIL import Image
 
 from bench import records
 from bench.config import CONF_DIR
 from bench.tables import summary_table
-from conftest import REPO_ROOT, compose_config
-from test_runner import dataset_overrides, write_yaml_dataset
 
 
 def two_methods() -> list[str]:
@@ -100,7 +99,6 @@ def test_callback_aggregates_every_results_dir_of_the_sweep(tmp_path):
     from omegaconf import OmegaConf
 
     from bench.callbacks import AggregateResults, job_results_dirs
-    from test_tables import add_edit
 
     for n, run in enumerate(["a", "b"]):
         add_edit(tmp_path / run, f"k{n}", "sdedit", "img0/0")

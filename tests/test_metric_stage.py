@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from metrics_helpers import save_features_state
 from PIL import Image
 
 from bench.data.preprocess import to_pil
-from test_metrics_helpers import save_features_state
 
 
 def _write_png(path: Path, image: torch.Tensor) -> None:

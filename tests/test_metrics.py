@@ -11,12 +11,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from metrics_helpers import (
+    TINY_CLIP_NAME,
+    TINY_VIT,
+    save_features_state,
+    write_tiny_hf_clip,
+    write_tiny_open_clip,
+    write_tiny_vit,
+)
 from PIL import Image
 
 from bench.data.item import EditItem
 from bench.metrics.base import MetricInput
-from test_metrics_helpers import (TINY_CLIP_NAME, TINY_VIT, save_features_state, write_tiny_hf_clip,
-                                  write_tiny_open_clip, write_tiny_vit)
 
 TOL = 1e-6
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SCHEDULER_OFFSET0, SCHEDULER_OFFSET1
 
 from bench.models import ModelNotFoundError, UNetCounter, build_scheduler, load_pipeline
-from conftest import SCHEDULER_OFFSET0, SCHEDULER_OFFSET1
 
 
 def test_tiny_pipeline_reloads_with_from_pretrained(tiny_pipe, tiny_model_dir):

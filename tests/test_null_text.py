@@ -6,34 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import PROMPT, SCHEDULER_OFFSET0, ListDataset
 from PIL import Image
 
 from bench import records
 from bench.data.item import EditItem
-from bench.models import load_pipeline
 from bench.runner import EditJob, method_from_config
-from conftest import SCHEDULER_OFFSET0
 from methods.base import Inversion
 from methods.ddim import DDIM
 from methods.null_text_p2p import NullTextP2P, early_stop_threshold, optimise_timestep
-from test_runner import ListDataset
 
-PROMPT = "a red circle on a blue background"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny UNet is fastest single-threaded on the shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def pipe(tiny_model_cfg):
-    """The tiny pipeline with the hand-built DDIM (steps_offset 0) the NTI configs use."""
-    return load_pipeline(tiny_model_cfg, SCHEDULER_OFFSET0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reconstruction_item(prompt: str = PROMPT) -> EditItem:

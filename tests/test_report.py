@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, add_edit, add_metric
 from PIL import Image
 
 from bench.plots import tradeoff_figure, write_tradeoff_plot
 from bench.report import build_report, find_chromium, screenshot_report
 from bench.tables import default_points, load_edits, summary_table
-from conftest import REPO_ROOT
-from test_tables import add_edit, add_metric
 
 needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="headless Chromium not installed "
                                     "(Debian: apt-get install -y chromium)")
@@ -64,9 +63,9 @@ def test_tradeoff_plot_one_curve_per_method_and_starred_default(results):
 
 
 def test_pareto_front_keeps_points_not_beaten_on_both_axes():
-    from bench.plots import pareto_front
-
     import pandas as pd
+
+    from bench.plots import pareto_front
 
     points = pd.DataFrame({"lpips ↓": [0.1, 0.2, 0.3, 0.25], "clip ↑": [20.0, 25.0, 30.0, 24.0]})
     front = pareto_front(points, "lpips ↓", "clip ↑")

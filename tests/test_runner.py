@@ -8,39 +8,19 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from conftest import REPO_ROOT, SHARED_DATA, ListDataset, compose_config, dataset_overrides, write_yaml_dataset
 from PIL import Image
 
 from bench import records
-from bench.data.base import Dataset
 from bench.data.item import EditItem
 from bench.runner import EditJob, method_from_config, run_from_config
 from bench.tables import load_edits, summary_table
-from conftest import REPO_ROOT, SHARED_DATA, compose_config
 
 FAST = ["model=tiny_random", "method=sdedit", "method.num_steps=4"]
 needs_shared = pytest.mark.skipif(not (SHARED_DATA / "ef_ddpm_examples").is_dir(), reason="../shared/data absent")
-
-
-def write_yaml_dataset(root: Path, n_images: int, prompts_per_image: int = 1) -> Path:
-    """A small EF-format dataset of generated images (so tests don't depend on shared data)."""
-    rng = np.random.default_rng(0)
-    entries = []
-    for i in range(n_images):
-        array = (rng.random((48, 80, 3)) * 255).astype(np.uint8)  # non-square: exercises the centre crop
-        Image.fromarray(array).save(root / f"img_{i}.png")
-        entries.append({"init_img": f"/img_{i}.png", "source_prompt": f"a photo of a cat number {i}",
-                        "target_prompts": [f"a photo of a dog number {i} v{k}" for k in range(prompts_per_image)]})
-    (root / "prompts.yaml").write_text(yaml.safe_dump(entries))
-    return root
-
-
-def dataset_overrides(root: Path) -> list[str]:
-    return ["dataset=ef_examples", f"dataset.root={root}", "dataset.prompts_file=prompts.yaml"]
 
 
 def test_sdedit_job_writes_images_records_and_table_and_rerun_does_no_work(tmp_path):
@@ -70,16 +50,6 @@ def test_edit_hparam_change_reuses_cached_inversion_from_disk(tmp_path):
     other = run_from_config(compose_config(FAST + dataset_overrides(data) + ["method.strength=0.5"],
                                            tmp_path / "results"))
     assert (other.ok, other.inversions_computed, other.inversions_loaded) == (1, 0, 1)
-
-
-class ListDataset(Dataset):
-    name, version = "inline", "1"
-
-    def __init__(self, items):
-        self._items = items
-
-    def items(self):
-        return self._items
 
 
 def test_bad_items_are_recorded_as_failed_and_the_rest_finish(tmp_path, tiny_pipe):

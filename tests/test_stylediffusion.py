@@ -8,10 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SCHEDULER_OFFSET0
+from conftest import PROMPT, SCHEDULER_OFFSET0, ListDataset
 from PIL import Image
-from test_null_text import PROMPT, one_thread, pipe  # noqa: F401  (fixtures: single thread, DDIM steps_offset 0)
-from test_runner import ListDataset
 
 from bench import records
 from bench.data.item import EditItem
@@ -28,6 +26,8 @@ from methods.stylediffusion_p2plus import (
     styled_value,
     target_maps_index,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TARGET = "a red square on a blue background"
 SMALL = dict(num_steps=4, num_inner_steps=5)

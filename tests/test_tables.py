@@ -9,41 +9,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from conftest import REPO_ROOT, add_edit, add_metric
 
-from bench import records
-from bench.io import write_json
-from bench.tables import (default_points, load_paper, paper_comparison, paper_tables, summary_table, to_latex,
-                          to_markdown, write_tables)
-from conftest import REPO_ROOT
-
-
-def add_edit(results: Path, key: str, method: str, item: str, seed: int = 0, hparams: dict | None = None,
-             stochastic: bool = False, status: str = "ok", dataset: str = "toyset", nfe: int = 10,
-             psnr: float = 20.0, image: bool = False) -> None:
-    rec = {"key": key, "status": status, "seed": seed,
-           "method": {"label": method, "name": method, "hparams": hparams or {}, "stochastic": stochastic},
-           "dataset": {"name": dataset}, "item": {"item_id": item, "image_id": item.split("/")[0],
-                                                  "source_prompt": "a cat", "target_prompt": "a dog"}}
-    if status == "ok":
-        rec["cost"] = {"inversion_nfe": nfe // 2, "edit_nfe": nfe - nfe // 2, "inversion_seconds": 1.0,
-                       "edit_seconds": 1.0}
-        rec["quick"] = {"psnr_vs_source": psnr}
-        rec["files"] = {"edited": f"edits/{method}/{key}.png", "source": f"sources/{item.split('/')[0]}.png"}
-        if image:
-            for rel, value in ((rec["files"]["edited"], 200), (rec["files"]["source"], 40)):
-                (results / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(results / rel)
-    else:
-        rec["error"] = {"type": "ValueError", "message": "boom"}
-    write_json(records.edit_record_path(results, method, key), rec)
-
-
-def add_metric(results: Path, key: str, metric_id: str, value: float | None, scale: float = 1.0,
-               higher: bool = True) -> None:
-    write_json(records.metric_record_path(results, metric_id, key),
-               {"edit_key": key, "metric_id": metric_id, "value": value, "display_scale": scale,
-                "higher_is_better": higher})
+from bench.tables import (
+    default_points,
+    load_paper,
+    paper_comparison,
+    paper_tables,
+    summary_table,
+    to_latex,
+    to_markdown,
+    write_tables,
+)
 
 
 @pytest.fixture

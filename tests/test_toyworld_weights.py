@@ -177,10 +177,10 @@ def test_toy_edits_reach_the_target_attribute_and_keep_the_rest(method, tmp_path
     the region the edit must not touch stays close to the source. A method that ignores the target prompt
     scores edit_accuracy ≈ 0 (see the unedited sources above); one that regenerates everything loses the
     background fidelity."""
+    from conftest import compose_config
+
     from bench.runner import run_from_config
     from bench.tables import load_long
-
-    from conftest import compose_config
 
     cfg = compose_config(["model=toy", "dataset=toy_shapes", "metrics=toy_ground_truth", f"method={method}",
                           "dataset.num_shards=8", "runtime.num_threads=1", "tables=false",

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import add_metric, compose_config, dataset_overrides, write_yaml_dataset
 
 from bench.runner import run_from_config
-from conftest import compose_config
-from test_runner import dataset_overrides, write_yaml_dataset
-from test_tables import add_metric
 
 FAST = ["model=tiny_random", "method=sdedit", "method.num_steps=3"]
 

@@ -24,7 +24,14 @@ import numpy as np
 from bench.data.base import Dataset, check_unique_ids
 from bench.data.item import EditItem
 from bench.io import write_bytes
-from bench.toyworld.generator import ATTRIBUTE_VALUES, ATTRIBUTES, random_edit_value, render_edit, rng_from, sample_scenes
+from bench.toyworld.generator import (
+    ATTRIBUTE_VALUES,
+    ATTRIBUTES,
+    random_edit_value,
+    render_edit,
+    rng_from,
+    sample_scenes,
+)
 
 SUITE_NAMESPACE = 3
 
