@@ -32,6 +32,15 @@ def instantiate(config: dict[str, Any], what: str) -> Any:
         raise ConfigError(f"invalid {what} config ({target}): {type(cause).__name__}: {cause}") from cause
 
 
+def to_plain(cfg: Any) -> Any:
+    """An OmegaConf config as plain dicts/lists (interpolations resolved); anything else unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
 def group_options(group: str) -> list[str]:
     """The options of a config group = the yaml files in conf/<group>/ (the registry)."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))

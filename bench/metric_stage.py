@@ -17,8 +17,6 @@ backbone up front so a run fails before any editing when weights are missing off
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import math
 import time
@@ -28,26 +26,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from PIL import Image
 
 from bench import records
+from bench.config import to_plain
 from bench.data.item import EditItem
-from bench.data.preprocess import file_sha256, from_pil, open_image, preprocess, preprocess_mask
+from bench.data.preprocess import from_pil, open_image, preprocess, preprocess_mask
+from bench.fingerprint import file_sha256
 from bench.hashing import content_key
-from bench.io import write_bytes, write_json
-from bench.metrics.backbones import Backbone, BackboneStore, WeightsNotFoundError
+from bench.io import write_json
+from bench.metrics.backbones import BackboneStore, PipelineSource, WeightsNotFoundError
 from bench.metrics.base import Metric, MetricInput
-from bench.metrics.common import BaseMetric, to_uint8
-from bench.metrics.registry import _to_plain, build_metrics
+from bench.metrics.registry import build_metrics
 
 log = logging.getLogger(__name__)
 
 METRIC_RECORD_SCHEMA = 1
 _ITEM_FIELDS = {f for f in EditItem.__dataclass_fields__}  # type: ignore[attr-defined]
-
-
-def metric_backbones(metric: Metric) -> list[Backbone]:
-    return metric.backbones() if isinstance(metric, BaseMetric) else []
 
 
 def check_backbones(metric_cfgs: Any, allow_download: bool | None = None) -> dict[str, list[str]]:
@@ -59,7 +53,7 @@ def check_backbones(metric_cfgs: Any, allow_download: bool | None = None) -> dic
     seen: dict[tuple, str] = {}
     for metric in metrics:
         resolved[metric.id] = []
-        for backbone in metric_backbones(metric):
+        for backbone in metric.backbones():
             if backbone.key() in seen:
                 resolved[metric.id].append(seen[backbone.key()])
                 continue
@@ -142,38 +136,6 @@ class _Inputs:
 
 
 # ----------------------------------------------------------------------------------------------
-# NS-LPIPS masks (one per source image × prompt × model, shared by every method's edits)
-
-class MaskCache:
-    """StyleDiffusion background masks saved as 8-bit PNG (what the reference saves) under
-    ``masks/<metric_id>/<key>.png``, so each source is inverted once for all methods and runs."""
-
-    def __init__(self, results_dir: Path, inputs: _Inputs):
-        self.results_dir, self.inputs = results_dir, inputs
-        self._memory: dict[str, torch.Tensor] = {}
-
-    def get(self, metric, inp: MetricInput) -> torch.Tensor:
-        from bench.metrics.ns_mask import MASK_VERSION, background_png, mask_from_png
-
-        pipe = metric.pipeline()
-        source_id = inp.record.get("_source_sha256") or hashlib.sha256(to_uint8(inp.source).numpy().tobytes()).hexdigest()
-        key = content_key({"source_sha256": source_id,
-                           "prompt": inp.item.source_prompt, "word": inp.item.blend_words[0],
-                           "model": pipe.identity(), "config": metric.config(), "mask_version": MASK_VERSION})
-        if key not in self._memory:
-            path = self.results_dir / "masks" / metric.id / f"{key}.png"
-            if not path.is_file():
-                png = background_png(pipe, inp.source, inp.item.source_prompt, inp.item.blend_words[0],
-                                     resolution=metric.resolution, num_inference_steps=metric.num_inference_steps,
-                                     attention_res_divisor=metric.attention_res_divisor)
-                buffer = io.BytesIO()
-                png.save(buffer, format="PNG")
-                write_bytes(path, buffer.getvalue())
-            self._memory[key] = mask_from_png(Image.open(path), metric.resolution)
-        return self._memory[key]
-
-
-# ----------------------------------------------------------------------------------------------
 # the stage
 
 def _json_value(value: float) -> float | None:
@@ -194,20 +156,17 @@ def score_results(results_dir: str | Path, metric_cfgs: Any, pipe_loader: Callab
     results_dir = Path(results_dir)
     metrics = build_metrics(metric_cfgs)
     if batch_size is None:
-        plain = _to_plain(metric_cfgs)
+        plain = to_plain(metric_cfgs)
         plain = plain if isinstance(plain, dict) else {}
         batch_size = int(plain.get("batch_size") or 8)
     if device is None:
         device = pipe.device if pipe is not None else "cpu"
     store = BackboneStore(device, allow_download=allow_download)
     inputs = _Inputs(results_dir)
-    masks = MaskCache(results_dir, inputs)
+    pipeline = PipelineSource(pipe, pipe_loader)
     for metric in metrics:
-        if isinstance(metric, BaseMetric):
-            metric.bind(store)
-        if getattr(metric, "needs_pipeline", False):
-            metric.set_pipeline(pipe, pipe_loader)
-            metric.mask_cache = masks
+        metric.bind(store)
+        metric.attach(results_dir, pipeline)
 
     ok = []
     for rec in records.iter_edit_records(results_dir):
@@ -218,11 +177,11 @@ def score_results(results_dir: str | Path, metric_cfgs: Any, pipe_loader: Callab
         ok.append(rec)
 
     # metrics that share a backbone run back to back; each backbone is released after its last user
-    order = sorted(range(len(metrics)), key=lambda i: ([b.key() for b in metric_backbones(metrics[i])], i))
+    order = sorted(range(len(metrics)), key=lambda i: ([b.key() for b in metrics[i].backbones()], i))
     metrics = [metrics[i] for i in order]
     last_user: dict[tuple, int] = {}
     for index, metric in enumerate(metrics):
-        for backbone in metric_backbones(metric):
+        for backbone in metric.backbones():
             last_user[backbone.key()] = index
 
     per_metric: dict[str, Counter] = {}
@@ -239,7 +198,7 @@ def score_results(results_dir: str | Path, metric_cfgs: Any, pipe_loader: Callab
         except Exception as err:  # a metric-level failure (e.g. its backbone cannot load) spares the others
             log.warning("metric %s failed: %s: %s", metric.id, type(err).__name__, err)
             failures.append({"metric_id": metric.id, "error": f"{type(err).__name__}: {err}"})
-        for backbone in metric_backbones(metric):
+        for backbone in metric.backbones():
             if last_user.get(backbone.key()) == index:
                 store.release(backbone)
 
@@ -256,7 +215,7 @@ def _pending(metric: Metric, ok: list[dict], inputs: _Inputs, results_dir: Path,
     if not ok:
         return []
     backbone = metric.backbone  # resolves weights (no forward pass); for ns_lpips_sd the pipeline identity
-    config = metric.config() if isinstance(metric, BaseMetric) else {}
+    config = metric.config()
     pending = []
     for rec in ok:
         edited_sha = inputs.sha(inputs.path(rec["files"]["edited"]))

@@ -11,7 +11,6 @@ depend on methods reporting it themselves.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 from collections import Counter
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from bench.fingerprint import fingerprint_dir
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -214,31 +215,6 @@ class EditPipeline:
 
 # ----------------------------------------------------------------------------------------------
 # loading
-
-
-def fingerprint_dir(path: str | Path, chunk: int = 4 << 20) -> str:
-    """Content fingerprint of a weights folder: sha256 over (relative path, size, content digest).
-
-    Files up to 64 MiB are hashed whole; larger ones by their size plus first and last 4 MiB
-    (SD checkpoints are GBs; this keeps start-up fast and still changes whenever weights change).
-    """
-    root = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = file.relative_to(root).as_posix()
-        if rel.startswith(".") or "/." in rel or rel.endswith(".lock"):
-            continue
-        size = file.stat().st_size
-        digest.update(f"{rel}\0{size}\0".encode())
-        with open(file, "rb") as handle:
-            if size <= 16 * chunk:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            else:
-                digest.update(handle.read(chunk))
-                handle.seek(size - chunk)
-                digest.update(handle.read(chunk))
-    return digest.hexdigest()[:16]
 
 
 def hf_cache_dir() -> str:

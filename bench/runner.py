@@ -17,7 +17,6 @@ name, logger) enters a key.
 from __future__ import annotations
 
 import logging
-import math
 import resource
 import time
 import traceback
@@ -34,9 +33,10 @@ from bench import records
 from bench.config import instantiate
 from bench.data.base import Dataset
 from bench.data.item import EditItem
-from bench.data.preprocess import PREPROCESS_ID, load_image_tensor, to_pil
+from bench.data.preprocess import PREPROCESS_ID, load_image_tensor
 from bench.env import environment
 from bench.hashing import content_key, derive_seed
+from bench.images import psnr, to_pil
 from bench.io import atomic_path, clean_stale_tmp, write_json
 from bench.models import EditPipeline, load_pipeline, scheduler_record
 from methods.base import Inversion, Method
@@ -143,12 +143,6 @@ def edit_key(inv_key: str, method: Method, dataset_name: str, item: EditItem, se
 
 # ----------------------------------------------------------------------------------------------
 # the job
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between two [-1,1] images (peak-to-peak range 2)."""
-    mse = torch.mean((a.float() - b.float()) ** 2).item()
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -269,7 +263,7 @@ class EditJob:
                          "edit_nfe_backward": spent["nfe_backward"]
                          - (0 if reused else inversion_cost["inversion_nfe_backward"]),
                          "peak_memory_bytes": peak_memory_bytes(self.pipe.device)},
-                "quick": {"psnr_vs_source": psnr(edited.cpu(), image[0])},
+                "quick": {"psnr_vs_source": float(psnr(edited.cpu(), image[0]))},
                 "files": {"edited": png_path.relative_to(self.results_dir).as_posix(),
                           "source": records.source_image_path(self.results_dir, image_sha, self.pipe.resolution)
                           .relative_to(self.results_dir).as_posix()},

@@ -13,7 +13,7 @@ import torch
 from metrics_helpers import save_features_state
 from PIL import Image
 
-from bench.data.preprocess import to_pil
+from bench.images import to_pil
 
 
 def _write_png(path: Path, image: torch.Tensor) -> None:
@@ -57,7 +57,9 @@ def test_stage_writes_records_and_rerun_does_no_forward_pass(tmp_path, alex, sou
            "registry": {"lpips_alex": {"_target_": "bench.metrics.lpips_metrics.LpipsDistance", "net": "alex",
                                        "backbone_path": str(alex)},
                         "recon_lpips": {"_target_": "bench.metrics.lpips_metrics.ReconLpips",
-                                        "backbone_path": str(alex)}}}
+                                        "backbone_path": str(alex)},
+                        "bg_psnr_pie": {"_target_": "bench.metrics.pie_background.BgPsnrPie"},
+                        "recon_psnr": {"_target_": "bench.metrics.pie_background.ReconPsnr"}}}
     first = score_results(results, cfg)
     assert first["records"] == 2 and first["scored"] == 8 and first["skipped"] == 0 and not first["failures"]
     assert first["nan"] == 2  # recon_psnr and recon_lpips on the non-reconstruction item
@@ -98,7 +100,9 @@ def test_check_backbones_fails_fast_offline_without_weights(tmp_path, monkeypatc
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     cfg = {"ids": ["lpips_alex", "clip_score", "structure_dist", "clip_score_pie"],
-           "registry": {"clip_score": {"_target_": "bench.metrics.clip_metrics.ClipScore",
+           "registry": {"lpips_alex": {"_target_": "bench.metrics.lpips_metrics.LpipsDistance", "net": "alex"},
+                        "structure_dist": {"_target_": "bench.metrics.structure.StructureDist"},
+                        "clip_score": {"_target_": "bench.metrics.clip_metrics.ClipScore",
                                        "cache_dir": str(tmp_path / "clip")},
                         "clip_score_pie": {"_target_": "bench.metrics.clip_metrics.ClipScorePie",
                                            "cache_dir": str(tmp_path / "hf")}}}

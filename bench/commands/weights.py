@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.metrics.backbones import Backbone, WeightsNotFoundError, downloads_allowed, hf_cache_dir
+from bench.metrics.backbones import Backbone, WeightsNotFoundError, downloads_allowed
+from bench.models import hf_cache_dir
 
 
 @dataclass
@@ -79,7 +80,6 @@ def _hub_need(repo: str, revision: str | None, patterns: list[str] | None, neede
 
 def needs_for(model_cfg: dict[str, Any] | None, metrics_cfg: Any) -> list[Need]:
     """Everything the model config and the metric set need, de-duplicated."""
-    from bench.metric_stage import metric_backbones
     from bench.metrics.registry import build_metrics
 
     needs: list[Need] = []
@@ -95,7 +95,7 @@ def needs_for(model_cfg: dict[str, Any] | None, metrics_cfg: Any) -> list[Need]:
                                    f"model {name} (image_encoder)"))
     if metrics_cfg:
         for metric in build_metrics(metrics_cfg):
-            for backbone in metric_backbones(metric):
+            for backbone in metric.backbones():
                 if backbone.key() in seen:
                     continue
                 seen.add(backbone.key())

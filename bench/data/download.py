@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.data.manifest import LOCK_NAME, ImageEntry, Manifest, cache_path, lock_file
-from bench.data.preprocess import file_sha256
+from bench.fingerprint import file_sha256
 from bench.io import TMP_MARK, read_json, write_json
 
 USER_AGENT = "editbench-data-fetch/1"

@@ -94,8 +94,8 @@ EF_SHARED_FOLDER = "ef_ddpm_examples"
 def build_ef_manifest(shared_data_dir: str | Path) -> dict:
     """The ef_examples manifest from the shared copy of test.yaml; image sha256s are computed from the
     copies and cross-checked against the folder's SOURCE.md."""
-    from bench.data.preprocess import file_sha256
     from bench.data.zero_shot import source_md_hashes
+    from bench.fingerprint import file_sha256
 
     folder = Path(shared_data_dir) / EF_SHARED_FOLDER
     listed = source_md_hashes(folder / "SOURCE.md")

@@ -102,7 +102,7 @@ class FolderDataset(Dataset):
         self.version = version
 
     def describe(self) -> dict:
-        from bench.data.preprocess import file_sha256
+        from bench.fingerprint import file_sha256
 
         path = self.root / self.prompts if self.root else None
         return {"name": self.name, "version": self.version,

@@ -358,7 +358,7 @@ class ManifestDataset(Dataset):
             f"{', paths.shared_data_dir / EDITBENCH_SHARED_DATA' if entry.shared_path else ''})")
 
     def _verify(self, entry: ImageEntry, path: Path) -> None:
-        from bench.data.preprocess import file_sha256
+        from bench.fingerprint import file_sha256
 
         expected = _expected_sha(self.manifest, self.data_dir, entry)
         if expected is None:

@@ -7,7 +7,6 @@ square, PIL resize to the model resolution (bicubic, Pillow's default for RGB), 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +14,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from bench.data.item import ItemError
+from bench.fingerprint import file_sha256
 
 PREPROCESS_ID = "center_crop_square+resize_bicubic+[-1,1]/v1"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def open_image(path: str | Path, what: str = "image") -> Image.Image:
@@ -68,14 +60,6 @@ def load_image_tensor(path: str | Path, resolution: int) -> tuple[torch.Tensor, 
     """Load and preprocess an image file; returns (tensor (1,3,R,R) in [-1,1], sha256 of the file)."""
     image = open_image(path)
     return preprocess(image, resolution), file_sha256(path)
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """(3, H, W) or (1, 3, H, W) tensor in [-1, 1] → 8-bit RGB PIL image (round-half-to-even)."""
-    if image.dim() == 4:
-        image = image[0]
-    array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(array.permute(1, 2, 0).numpy())
 
 
 def from_pil(image: Image.Image) -> torch.Tensor:

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from bench.data.manifest import ManifestDataset, ManifestError
-from bench.data.preprocess import file_sha256
+from bench.fingerprint import file_sha256
 
 REPO = "pix2pixzero/pix2pix-zero"
 COMMIT = "16e5c1dd4b51731d3d66b2b85c8d6c842639e4cf"

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from bench.metrics.backbones import HfClipBackbone, OpenClipBackbone
-from bench.metrics.base import MetricInput
-from bench.metrics.common import NAN, BaseMetric, strip_brackets, to_pil, to_uint8
+from bench.metrics.base import Metric, MetricInput
+from bench.metrics.common import NAN, strip_brackets, to_pil, to_uint8
 
 
 def _features(output: Any) -> torch.Tensor:
@@ -33,7 +33,7 @@ def _features(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-class ClipScore(BaseMetric):
+class ClipScore(Metric):
     """100·cos(open_clip image embedding, text embedding) of the edited image and the target prompt."""
 
     id = "clip_score"
@@ -66,7 +66,7 @@ class ClipScore(BaseMetric):
         return [float(v) for v in (100.0 * (image_features * text_features).sum(-1)).cpu()]
 
 
-class ClipScorePie(BaseMetric):
+class ClipScorePie(Metric):
     """torchmetrics-CLIPScore semantics (PIE-Bench): max(100·cos, 0), ViT-L/14 by default."""
 
     id = "clip_score_pie"

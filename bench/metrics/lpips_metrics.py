@@ -12,15 +12,19 @@ Sources (``/work/shared/spec/methods.md``):
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
-from bench.metrics.backbones import LpipsBackbone
-from bench.metrics.base import MetricInput
-from bench.metrics.common import NAN, BaseMetric, is_reconstruction, pil_to_unit_tensor, to_pil
+from bench.images import to_uint8
+from bench.metrics.backbones import LpipsBackbone, PipelineSource
+from bench.metrics.base import Metric, MetricInput
+from bench.metrics.common import NAN, is_reconstruction, pil_to_unit_tensor, to_pil
+from bench.metrics.ns_mask import BlendWordError, MaskCache, stylediffusion_background_mask
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ def _lpips_batch(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, devic
     return [float(v) for v in out.reshape(-1).cpu()]
 
 
-class LpipsDistance(BaseMetric):
+class LpipsDistance(Metric):
     """LPIPS(edited, source) with inputs in [-1, 1] at the edit resolution (lower = closer)."""
 
     id = "lpips_alex"
@@ -90,7 +94,7 @@ def resize_pil_unit(image: torch.Tensor, size: int) -> torch.Tensor:
     return pil_to_unit_tensor(pil)
 
 
-class NsLpipsGt(BaseMetric):
+class NsLpipsGt(Metric):
     """NS-LPIPS, cleaned: background = 1 − binary ground-truth edit mask; inputs in [-1, 1].
 
     Images are resized as in StyleDiffusion's protocol (PIL bilinear to ``resolution``²), the mask
@@ -140,21 +144,21 @@ class NsLpipsGt(BaseMetric):
         return values
 
 
-class NsLpipsSd(BaseMetric):
+class NsLpipsSd(Metric):
     """NS-LPIPS as StyleDiffusion computes it (soft attention background mask, [0, 1] inputs).
 
     mask = 1 − fg, fg = normalised cross-attention map of the first blend word, from a DDIM
     inversion of the source with the source prompt (see ``bench.metrics.ns_mask``); the mask is
     converted to grey with torchvision's ``Grayscale`` weights, as the reference does. Needs the
-    diffusion pipeline (``set_pipeline``). NaN when the item has no blend words or the first blend
-    word is not a word of the source prompt.
+    diffusion pipeline, which the metric stage hands over in ``attach`` (with the folder where masks
+    are kept as PNG, ``masks/<id>/``). NaN when the item has no blend words or the first blend word
+    is not a word of the source prompt.
     """
 
     id = "ns_lpips_sd"
     version = "1"
     higher_is_better = False
     display_scale = 1.0
-    needs_pipeline = True
 
     def __init__(self, backbone_path: str | None = None, resolution: int = 256, num_inference_steps: int = 50,
                  attention_res_divisor: int = 4, id: str | None = None):  # noqa: A002
@@ -163,28 +167,20 @@ class NsLpipsSd(BaseMetric):
         self.num_inference_steps = int(num_inference_steps)
         self.attention_res_divisor = int(attention_res_divisor)
         self.lpips_backbone = LpipsBackbone(net="alex", path=backbone_path, flavor="lpips")
-        self._pipe: Any = None
-        self._pipe_loader: Callable[[], Any] | None = None
-        self.mask_cache: Any = None  # optional: MaskCache from the metric stage (masks saved as PNG)
+        self.pipeline = PipelineSource()
+        self.masks: MaskCache | None = None  # set by attach; None = masks computed in memory only
 
     def backbones(self):
         return [self.lpips_backbone]
 
-    def set_pipeline(self, pipe: Any = None, loader: Callable[[], Any] | None = None) -> None:
-        self._pipe, self._pipe_loader = pipe, loader
-
-    def pipeline(self):
-        if self._pipe is None:
-            if self._pipe_loader is None:
-                raise RuntimeError(f"metric {self.id!r} needs the diffusion pipeline: pass pipe= or pipe_loader= "
-                                   "to score_results (the runner passes its loaded EditPipeline)")
-            self._pipe = self._pipe_loader()
-        return self._pipe
+    def attach(self, results_dir: Path, pipeline: PipelineSource) -> None:
+        self.pipeline = pipeline
+        self.masks = MaskCache(Path(results_dir) / "masks" / self.id)
 
     @property
-    def backbone(self) -> str | None:  # type: ignore[override]
-        pipe = self.pipeline()
-        return f"{super().backbone}+diffusion:{pipe.model_id}:{pipe.weights_fingerprint}"
+    def backbone(self) -> str | None:
+        """LPIPS weights + the diffusion pipeline's identity (loads the pipeline when given a loader)."""
+        return f"{super().backbone}+{self.pipeline.identity}"
 
     def config(self) -> dict[str, Any]:
         return {"net": "alex", "inputs": "[0,1] (no normalize)", "mask": "soft 1 - cross-attention (StyleDiffusion)",
@@ -193,20 +189,17 @@ class NsLpipsSd(BaseMetric):
 
     def background_mask(self, inp: MetricInput) -> torch.Tensor:
         """(1, R, R) soft background mask in [0, 1] for this input's source image and prompt."""
-        from bench.metrics.ns_mask import stylediffusion_background_mask
-
-        if self.mask_cache is not None:
-            return self.mask_cache.get(self, inp)
-        return stylediffusion_background_mask(self.pipeline(), inp.source, inp.item.source_prompt,
-                                              inp.item.blend_words[0], resolution=self.resolution,
-                                              num_inference_steps=self.num_inference_steps,
-                                              attention_res_divisor=self.attention_res_divisor)
+        settings = dict(resolution=self.resolution, num_inference_steps=self.num_inference_steps,
+                        attention_res_divisor=self.attention_res_divisor)
+        prompt, word = inp.item.source_prompt, inp.item.blend_words[0]
+        if self.masks is None:
+            return stylediffusion_background_mask(self.pipeline.get(), inp.source, prompt, word, **settings)
+        source_sha256 = inp.record.get("_source_sha256") or hashlib.sha256(to_uint8(inp.source).numpy().tobytes()).hexdigest()
+        return self.masks.get(self.pipeline.get(), inp.source, source_sha256, prompt, word, self.config(), **settings)
 
     def score(self, batch: list[MetricInput]) -> list[float]:
         values = [NAN] * len(batch)
         todo, srcs, edts = [], [], []
-        from bench.metrics.ns_mask import BlendWordError
-
         for i, inp in enumerate(batch):
             if not inp.item.blend_words or not inp.item.blend_words[0]:
                 continue
@@ -223,4 +216,3 @@ class NsLpipsSd(BaseMetric):
             for i, v in zip(todo, _lpips_batch(model, torch.stack(srcs), torch.stack(edts), self.device)):
                 values[i] = v
         return values
-

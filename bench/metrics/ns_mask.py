@@ -20,13 +20,18 @@ L219-228). Steps reproduced:
 
 from __future__ import annotations
 
+import io
 import logging
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from bench.hashing import content_key
+from bench.io import write_bytes
 from bench.metrics.common import pil_to_unit_tensor
 
 log = logging.getLogger(__name__)
@@ -105,3 +110,28 @@ def stylediffusion_background_mask(pipe, source: torch.Tensor, prompt: str, word
     """(1, R, R) soft background mask in [0, 1] (what ``ns_lpips_sd`` multiplies the images by)."""
     png = background_png(pipe, source, prompt, word, resolution, num_inference_steps, attention_res_divisor)
     return mask_from_png(png, resolution)
+
+
+class MaskCache:
+    """Background masks saved as 8-bit PNG (what the reference saves) under ``directory/<key>.png``, so
+    each source is inverted once for every method and run. The key is the content hash of the source
+    image, prompt, blend word, pipeline identity, the scoring metric's config and ``MASK_VERSION``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self._memory: dict[str, torch.Tensor] = {}
+
+    def get(self, pipe, source: torch.Tensor, source_sha256: str, prompt: str, word: str, config: dict[str, Any],
+            resolution: int = 256, num_inference_steps: int = 50, attention_res_divisor: int = 4) -> torch.Tensor:
+        """(1, R, R) soft background mask of ``source`` ((3, H, W) in [-1, 1]) under ``prompt``."""
+        key = content_key({"source_sha256": source_sha256, "prompt": prompt, "word": word, "model": pipe.identity(),
+                           "config": config, "mask_version": MASK_VERSION})
+        if key not in self._memory:
+            path = self.directory / f"{key}.png"
+            if not path.is_file():
+                png = background_png(pipe, source, prompt, word, resolution, num_inference_steps, attention_res_divisor)
+                buffer = io.BytesIO()
+                png.save(buffer, format="PNG")
+                write_bytes(path, buffer.getvalue())
+            self._memory[key] = mask_from_png(Image.open(path), resolution)
+        return self._memory[key]

@@ -28,8 +28,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchmetrics.functional.regression import mean_squared_error
 
 from bench.metrics.backbones import LpipsBackbone
-from bench.metrics.base import MetricInput
-from bench.metrics.common import NAN, BaseMetric, is_reconstruction, to_uint8
+from bench.metrics.base import Metric, MetricInput
+from bench.metrics.common import NAN, is_reconstruction, to_uint8
 
 
 def unit_from_png(image: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,7 @@ def unit_from_png(image: torch.Tensor) -> torch.Tensor:
     return to_uint8(image).float() / 255.0
 
 
-class _PieBackground(BaseMetric):
+class _PieBackground(Metric):
     version = "1"
 
     def config(self) -> dict[str, Any]:
@@ -144,7 +144,7 @@ class BgLpipsPie(_PieBackground):
         return values
 
 
-class ReconPsnr(BaseMetric):
+class ReconPsnr(Metric):
     """PSNR(edited, source) in dB on [0, 1] images for reconstruction items; NaN otherwise."""
 
     id = "recon_psnr"

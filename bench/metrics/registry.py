@@ -6,8 +6,8 @@ A metric set config has two keys::
     registry:                                   # how each id is built (a `_target_` config)
       lpips_alex: {_target_: bench.metrics.lpips_metrics.LpipsDistance, net: alex}
 
-``build_metrics`` accepts that mapping, a list of ``_target_`` configs, ``Metric`` objects, or bare
-ids (built with the defaults of ``BUILTIN``, i.e. the real backbones from the library caches).
+The ``registry`` of the metric set configs is the one registry of metrics (``bench ls metrics`` lists
+it). ``build_metrics`` accepts that mapping, or a list of ``_target_`` configs / ``Metric`` objects.
 """
 
 from __future__ import annotations
@@ -15,42 +15,13 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from bench.config import ConfigError, instantiate
+from bench.config import ConfigError, instantiate, to_plain
 from bench.metrics.base import Metric
-
-BUILTIN: dict[str, dict[str, Any]] = {
-    "lpips_alex": {"_target_": "bench.metrics.lpips_metrics.LpipsDistance", "net": "alex"},
-    "lpips_vgg": {"_target_": "bench.metrics.lpips_metrics.LpipsDistance", "net": "vgg"},
-    "recon_lpips": {"_target_": "bench.metrics.lpips_metrics.ReconLpips"},
-    "ns_lpips_sd": {"_target_": "bench.metrics.lpips_metrics.NsLpipsSd"},
-    "ns_lpips_gt": {"_target_": "bench.metrics.lpips_metrics.NsLpipsGt"},
-    "clip_score": {"_target_": "bench.metrics.clip_metrics.ClipScore"},
-    "clip_score_pie": {"_target_": "bench.metrics.clip_metrics.ClipScorePie"},
-    "clip_score_edit_pie": {"_target_": "bench.metrics.clip_metrics.ClipScoreEditPie"},
-    "structure_dist": {"_target_": "bench.metrics.structure.StructureDist"},
-    "structure_dist_pie": {"_target_": "bench.metrics.structure.StructureDistPie"},
-    "bg_psnr_pie": {"_target_": "bench.metrics.pie_background.BgPsnrPie"},
-    "bg_lpips_pie": {"_target_": "bench.metrics.pie_background.BgLpipsPie"},
-    "bg_mse_pie": {"_target_": "bench.metrics.pie_background.BgMsePie"},
-    "bg_ssim_pie": {"_target_": "bench.metrics.pie_background.BgSsimPie"},
-    "recon_psnr": {"_target_": "bench.metrics.pie_background.ReconPsnr"},
-}
-
-
-def _to_plain(cfg: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return cfg
 
 
 def metric_entries(metric_cfgs: Any) -> list[Any]:
-    """Normalise any accepted form to a list of (Metric | _target_ dict | id string)."""
-    metric_cfgs = _to_plain(metric_cfgs)
+    """Normalise any accepted form to a list of (Metric | _target_ dict)."""
+    metric_cfgs = to_plain(metric_cfgs)
     if metric_cfgs is None:
         return []
     if isinstance(metric_cfgs, dict):
@@ -63,11 +34,9 @@ def metric_entries(metric_cfgs: Any) -> list[Any]:
                 entries.append(metric_id)
             elif metric_id in registry:
                 entries.append({"id": metric_id, **registry[metric_id]})
-            elif metric_id in BUILTIN:
-                entries.append({"id": metric_id, **BUILTIN[metric_id]})
             else:
-                raise ConfigError(f"metrics.ids contains {metric_id!r}, which is neither in metrics.registry "
-                                  f"({sorted(registry)}) nor a built-in metric ({sorted(BUILTIN)})")
+                raise ConfigError(f"metrics.ids contains {metric_id!r}, which is not in metrics.registry "
+                                  f"({sorted(registry)}); add its _target_ config there")
         return entries
     if isinstance(metric_cfgs, (list, tuple)):
         return list(metric_cfgs)
@@ -77,10 +46,6 @@ def metric_entries(metric_cfgs: Any) -> list[Any]:
 def build_metric(entry: Any) -> Metric:
     if isinstance(entry, Metric):
         return entry
-    if isinstance(entry, str):
-        if entry not in BUILTIN:
-            raise ConfigError(f"unknown metric id {entry!r}; built-in ids: {sorted(BUILTIN)}")
-        entry = {"id": entry, **BUILTIN[entry]}
     if not isinstance(entry, dict):
         raise ConfigError(f"metric config must be a mapping with _target_, got {entry!r}")
     metric = instantiate(dict(entry), what=f"metrics.{entry.get('id', '?')}")

@@ -30,8 +30,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from bench.metrics.backbones import TimmVitBackbone
-from bench.metrics.base import MetricInput
-from bench.metrics.common import BaseMetric, to_uint8
+from bench.metrics.base import Metric, MetricInput
+from bench.metrics.common import to_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,7 +60,7 @@ def cosine_self_similarity(keys: torch.Tensor, eps: float = 1e-8) -> torch.Tenso
     return (keys @ keys.transpose(1, 2)) / torch.clamp(norms @ norms.transpose(1, 2), min=eps)
 
 
-class StructureDist(BaseMetric):
+class StructureDist(Metric):
     """MSE between DINO last-block key self-similarity matrices of edited and source (lower = closer)."""
 
     id = "structure_dist"

@@ -25,11 +25,13 @@ from typing import Any
 
 import torch
 
+from bench.fingerprint import file_sha256
+from bench.images import psnr
 from bench.metrics.base import Metric, MetricInput
 from bench.toyworld.generator import ATTRIBUTE_VALUES
 
 NAN = math.nan
-MSE_FLOOR = 1e-10
+MAX_DB = 100.0  # PSNR cap for exact matches (MSE floor 1e-10 on the [0, 1] scale)
 _CACHE: dict[tuple, Any] = {}
 
 
@@ -45,29 +47,6 @@ def parse_caption(prompt: str) -> tuple[int, int, int]:
         raise ValueError(f"not a toy caption (unknown attribute word): {prompt!r}") from None
 
 
-def _unit(image: torch.Tensor) -> torch.Tensor:
-    return (image.detach().float().cpu().clamp(-1, 1) + 1.0) / 2.0
-
-
-def psnr_unit(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> float:
-    """PSNR (dB) of [-1, 1] images on the [0, 1] scale, optionally over pixels where weight == 1."""
-    diff2 = (_unit(a) - _unit(b)) ** 2  # (3, H, W)
-    if weight is None:
-        mse = float(diff2.mean())
-    else:
-        denom = float(weight.sum()) * diff2.shape[0]
-        if denom == 0:
-            return NAN
-        mse = float((diff2 * weight[None]).sum()) / denom
-    return 10.0 * math.log10(1.0 / max(mse, MSE_FLOOR))
-
-
-def _fingerprint(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
 def _default_evaluators() -> str:
     from bench.toyworld.evaluators import EVALUATORS_DIR
 
@@ -75,9 +54,14 @@ def _default_evaluators() -> str:
 
 
 class _ToyMetric(Metric):
-    def __init__(self, id: str | None = None):  # noqa: A002 (the config key is `id`)
-        if id is not None:
-            self.id = id
+    """Toy metrics load their committed evaluator file themselves; ``weights_identity`` (its sha256)
+    stands for the backbone identity in scores and keys."""
+
+    weights_identity: str | None = None
+
+    @property
+    def backbone(self) -> str | None:
+        return self.weights_identity
 
 
 class GtTargetPsnr(_ToyMetric):
@@ -86,7 +70,7 @@ class GtTargetPsnr(_ToyMetric):
     higher_is_better = True
 
     def score(self, batch: list[MetricInput]) -> list[float]:
-        return [NAN if inp.target_image is None else psnr_unit(inp.edited, inp.target_image) for inp in batch]
+        return [NAN if inp.target_image is None else float(psnr(inp.edited, inp.target_image, max_db=MAX_DB)) for inp in batch]
 
 
 class BgPsnrGt(_ToyMetric):
@@ -101,7 +85,7 @@ class BgPsnrGt(_ToyMetric):
                 out.append(NAN)
                 continue
             keep = (inp.mask.detach().float().cpu() <= 0.5 / 255).float()  # exactly unedited pixels
-            out.append(psnr_unit(inp.edited, inp.target_image, keep))
+            out.append(float(psnr(inp.edited, inp.target_image, keep, max_db=MAX_DB)))
         return out
 
 
@@ -116,7 +100,7 @@ class GtTargetLpips(_ToyMetric):
     def __init__(self, backbone_path: str | None = None, id: str | None = None):  # noqa: A002
         super().__init__(id)
         self.backbone_path = Path(backbone_path or Path(_default_evaluators()) / "toy-alexnet.safetensors")
-        self.backbone = f"toy-alexnet:sha256={_fingerprint(self.backbone_path)}" if self.backbone_path.is_file() else None
+        self.weights_identity = f"toy-alexnet:sha256={file_sha256(self.backbone_path)[:12]}" if self.backbone_path.is_file() else None
 
     def model(self):
         key = ("lpips", str(self.backbone_path))
@@ -173,7 +157,7 @@ class EditAccuracy(_ToyMetric):
         super().__init__(id)
         self.evaluators = Path(evaluators or _default_evaluators())
         weights = self.evaluators / "toy-clip.safetensors"
-        self.backbone = f"toy-clip:sha256={_fingerprint(weights)}" if weights.is_file() else None
+        self.weights_identity = f"toy-clip:sha256={file_sha256(weights)[:12]}" if weights.is_file() else None
 
     def classifier(self):
         from bench.toyworld.evaluators import load_clip_classifier

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from bench.images import psnr
 from bench.toyworld import evaluators as ev
-from bench.toyworld.train import TrainConfig, export_dir, heldout, psnr, quality_unet
+from bench.toyworld.train import TrainConfig, export_dir, heldout, quality_unet
 
 
 def quality_report(cfg: TrainConfig, parts=("evaluators", "vae", "generator"), grid: Path | None = None) -> dict:

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from bench.images import psnr
 from bench.io import atomic_path, write_json
 from bench.toyworld import evaluators as ev
 from bench.toyworld.generator import all_captions, render, rng_from, sample_scenes
@@ -399,12 +400,6 @@ def build_vae():
     )
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of [-1, 1] images (data range 2)."""
-    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return 10 * torch.log10(4.0 / mse)
-
-
 def train_vae(cfg: TrainConfig) -> dict:
     pool = make_pool(cfg, POOL_GENERATOR)
     torch.manual_seed(cfg.seed)
@@ -546,7 +541,7 @@ def text_table(text, tokenizer) -> torch.Tensor:
 @torch.no_grad()
 def pool_latents(cfg: TrainConfig, vae, pool) -> torch.Tensor:
     """Scaled VAE latents (posterior means) of the generator pool, cached beside the checkpoints."""
-    from bench.models import fingerprint_dir
+    from bench.fingerprint import fingerprint_dir
 
     path = cfg.out / "unet" / f"latents-{fingerprint_dir(export_dir(cfg, 'vae'))}-{len(pool['images'])}.pt"
     if path.is_file():
