@@ -159,17 +159,20 @@ def compare_methods(long: pd.DataFrame, edits: pd.DataFrame, a: str, b: str, con
     return pd.DataFrame(rows)
 
 
-def pairwise_matrix(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(differences row − column, p-values) over every pair of methods (columns of ``frame``)."""
+def pairwise_matrix(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(row − column differences, p-values, (ci_low, ci_high) of the difference) over every pair of
+    methods (the columns of ``frame``: items × methods)."""
     methods = list(frame.columns)
     diff = pd.DataFrame(np.nan, index=methods, columns=methods)
     p = diff.copy()
+    ci = pd.DataFrame(None, index=methods, columns=methods, dtype=object)
     for i, row in enumerate(methods):
         for col in methods[i + 1:]:
             r = stats.paired_test(frame[row].to_numpy(), frame[col].to_numpy())
             diff.loc[row, col], diff.loc[col, row] = r.diff, -r.diff
             p.loc[row, col] = p.loc[col, row] = r.p_value
-    return diff, p
+            ci.loc[row, col], ci.loc[col, row] = (r.ci_low, r.ci_high), (-r.ci_high, -r.ci_low)
+    return diff, p, ci
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ algorithmic cost even when the inversion was reused; s/item likewise), ``psnr_vs
 reconstruction fidelity figure that needs no learned metric), then every scored metric (mean over
 items and seeds, display scale applied; NaN values skipped and counted in a ``<id> NaN`` column).
 For stochastic methods run with several seeds, ``<id> std`` is the standard deviation of the
-per-seed means, shown as "mean ± std".
+per-seed means. Statistics columns (``<id> se``, ``ci_low``, ``ci_high``, ``se_seed``, ``best``) come
+from ``bench/table_stats.py`` and are shown as "mean ± se" (docs/metrics.md, "Statistics").
 
-Rendered as markdown, CSV (numbers, unrounded) and LaTeX (booktabs); the best value of every
-metric column is bold, the header arrow gives its direction.
+Rendered as markdown, CSV (numbers, unrounded) and LaTeX (booktabs); the best value of a metric
+column is bold when it is significantly better than the runner-up; the header arrow gives its direction.
 
 Published numbers (``results/paper/*.csv``, long format, one row per (paper method, paper column)
 with its source and the mapping to our method label and metric id) are put side by side with ours:
@@ -219,7 +220,8 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
 
 
 def best_rows(table: pd.DataFrame, column: str) -> set[int]:
-    """Row positions holding the best value of a ↑/↓ column (ties all count; NaN never wins)."""
+    """Row positions to bold in a ↑/↓ column: the significant best of a summary table (``<id> best``),
+    else the best value (ties all count; NaN never wins)."""
     significant = table_stats.best_flags(table, column, header_metric_id(column))
     if significant is not None:
         return significant
@@ -246,8 +248,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def display_cells(table: pd.DataFrame, digits: int = 4) -> tuple[list[str], list[list[str]], list[list[bool]]]:
-    """(headers, rows of strings, bold flags): std and NaN columns folded into their metric column
-    ("mean ± std", "(k NaN)"), best value per metric column flagged."""
+    """(headers, rows of strings, bold flags): statistics and NaN columns folded into their metric
+    column ("mean ± se (seeds ± x)", "(k NaN)"), best value per metric column flagged (``best_rows``)."""
     shown = [c for c in table.columns if not table_stats.is_stat_column(c)]
     bold_cols = {c: best_rows(table, c) for c in metric_columns(table)}
     rows, flags = [], []

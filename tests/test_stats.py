@@ -165,3 +165,10 @@ def test_paper_table_carries_rank_agreement(tmp_path):
     assert ranks["Kendall τ"].iloc[0] == pytest.approx(4 / 6) and ranks["Spearman ρ"].iloc[0] == pytest.approx(0.8)
     md = (root / "tables" / "paper_x.md").read_text()
     assert "proxy: the toy world" in md and "p = 0.0833" in md  # labelled, and how little 4 points say
+    from bench.report_stats import rank_agreement_html
+    from bench.tables import load_edits, load_paper, paper_comparison
+
+    edits = load_edits(root)
+    html = rank_agreement_html(paper_comparison(root, load_paper(paper_dir / "x.csv"), edits),
+                               load_paper(paper_dir / "x.csv"), edits)
+    assert "Kendall τ" in html and "0.667" in html and "proxy: the toy world" in html
