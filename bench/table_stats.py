@@ -136,26 +136,29 @@ def default_item_values(long: pd.DataFrame, edits: pd.DataFrame, conf_dir=None) 
 
 
 def compare_methods(long: pd.DataFrame, edits: pd.DataFrame, a: str, b: str, conf_dir=None) -> pd.DataFrame:
-    """One row per metric: A − B at each method's default point on the items both scored."""
-    from bench.tables import metric_header
+    """One row per metric: A − B at each method's default point on the items both scored (a metric
+    only one of them has gets n = 0 and empty cells)."""
+    from bench.tables import default_points, metric_header
 
-    per_metric = default_item_values(long, edits, conf_dir)
-    methods = set(edits["method"])
+    methods, defaults = set(edits["method"]), default_points(edits, conf_dir)
     for name in (a, b):
         if name not in methods:
             raise ValueError(f"--compare: no records of method {name!r}; methods here: {sorted(methods)}")
+        if name not in defaults:
+            raise ValueError(f"--compare: {name!r} has several points and none has the values of "
+                             f"conf/method/{name}.yaml; points: {sorted(set(edits.loc[edits['method'] == name, 'point']))}")
     rows = []
-    for metric_id, frame in per_metric.items():
-        if a not in frame or b not in frame:
-            raise ValueError(f"--compare: metric {metric_id}: no default point for {a if a not in frame else b!r} "
-                             f"(its sweep does not contain its config's values)")
+    for metric_id, frame in default_item_values(long, edits, conf_dir).items():
         first = long.loc[long["metric_id"] == metric_id].iloc[0]
         higher = bool(first["higher_is_better"])
-        r = stats.paired_test(frame[a].to_numpy(), frame[b].to_numpy())
-        better = "--" if not r.significant() else (a if (r.diff > 0) == higher else b)
-        rows.append({"metric": metric_header(metric_id, float(first["display_scale"]), higher), "n": r.n, a: r.mean_a, b: r.mean_b,
-                     f"{a} − {b}": r.diff, "se": r.se, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                     "p": r.p_value, "significantly better": better})
+        missing = pd.Series(np.nan, index=frame.index)
+        r = stats.paired_test(frame.get(a, missing).to_numpy(), frame.get(b, missing).to_numpy())
+        better = "--"
+        if r.significant():
+            better = a if (r.diff > 0) == higher else b
+        rows.append({"metric": metric_header(metric_id, float(first["display_scale"]), higher), "n": r.n,
+                     a: r.mean_a, b: r.mean_b, f"{a} − {b}": r.diff, "se": r.se, "ci_low": r.ci_low,
+                     "ci_high": r.ci_high, "p": r.p_value, "significantly better": better})
     return pd.DataFrame(rows)
 
 

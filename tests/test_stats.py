@@ -143,6 +143,10 @@ def test_compare_cli_prints_paired_differences(tmp_path, capsys):
     assert float(diff) == 0 and float(p) == 1 and better == "--"  # identical → no significant difference
     assert run_command(["tables", str(root), "--compare", "ef_ddpm", "nope"]) == 2
     assert "no records of method 'nope'" in capsys.readouterr().out
+    for i, strength in enumerate((0.1, 0.2)):  # a sweep whose config is unknown: no default point to compare
+        add_edit(root, f"c{i}", "custom", "img0/0", hparams={"strength": strength})
+    assert run_command(["tables", str(root), "--compare", "custom", "ef_ddpm"]) == 2
+    assert "'custom' has several points" in capsys.readouterr().out
 
 
 def test_paper_table_carries_rank_agreement(tmp_path):
