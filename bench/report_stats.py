@@ -8,6 +8,7 @@ from html import escape
 import pandas as pd
 
 from bench import stats, table_stats
+from bench.tables import metric_header
 
 
 def _esc(value) -> str:
@@ -19,11 +20,10 @@ def rank_agreement_html(comparison: pd.DataFrame, paper: pd.DataFrame, edits: pd
     ranks = table_stats.paper_rank_agreement(comparison)
     if ranks.empty:
         return ""
-    n = int(ranks["methods"].max())
     return (f"<p class='note'>Rank agreement of our means with the published ones "
-            f"({_esc(table_stats.agreement_basis(paper, edits))}); p = exact two-sided permutation p-value, "
-            f"with {n} methods a perfect ordering has p = {_esc(f'{stats.rank_agreement(range(n), range(n)).p_tau:.3g}')} "
-            f"(docs/metrics.md, Statistics):</p>" + ranks.to_html(index=False, border=0, float_format="{:.3g}".format))
+            f"({_esc(table_stats.agreement_basis(paper, edits))}). "
+            f"{_esc(table_stats.rank_note(int(ranks['methods'].max())))} See docs/metrics.md, Statistics.</p>"
+            + ranks.to_html(index=False, border=0, float_format="{:.3g}".format))
 
 
 def comparison_section(long: pd.DataFrame, edits: pd.DataFrame) -> list[str]:
@@ -36,9 +36,10 @@ def comparison_section(long: pd.DataFrame, edits: pd.DataFrame) -> list[str]:
              f"bold = p &lt; {stats.ALPHA:g} ({_esc(table_stats.TEST_NAME)}), green: the row is significantly better, "
              f"red: worse; hover for the p-value and the {stats.LEVEL:.0%} bootstrap interval.</p>"]
     for metric_id, frame in table_stats.default_item_values(long, edits).items():
-        higher = bool(long.loc[long["metric_id"] == metric_id, "higher_is_better"].iloc[0])
+        first = long.loc[long["metric_id"] == metric_id].iloc[0]
+        higher = bool(first["higher_is_better"])
         diff, p, ci = table_stats.pairwise_matrix(frame)
-        out = [f"<table><caption>{_esc(metric_id)} {'↑' if higher else '↓'}</caption>",
+        out = [f"<table><caption>{_esc(metric_header(metric_id, float(first['display_scale']), higher))}</caption>",
                "<tr><th></th>" + "".join(f"<th>{_esc(m)}</th>" for m in diff.columns) + "</tr>"]
         for row in diff.index:
             cells = []

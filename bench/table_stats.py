@@ -20,7 +20,7 @@ from bench import stats
 
 ITEM_KEYS = ["dataset", "item_id"]
 STAT_SUFFIXES = (" std", " NaN", " se", " ci_low", " ci_high", " se_seed", " best")
-TEST_NAME = "paired sign-flip permutation test on the shared items (two-sided)"
+TEST_NAME = "two-sided paired sign-flip permutation test on the shared items"
 
 
 def is_stat_column(column: str) -> bool:
@@ -217,9 +217,15 @@ def rank_agreement_markdown(ranks: pd.DataFrame, basis: str) -> str:
     lines = [f"Rank agreement with the published values ({basis}):", "",
              "| " + " | ".join(ranks.columns) + " |", "|" + "|".join("---" for _ in ranks.columns) + "|"]
     lines += ["| " + " | ".join(_fmt(v, 3) for v in row) + " |" for row in ranks.itertuples(index=False)]
-    n = int(ranks["methods"].max())
-    if 3 <= n <= stats.EXACT_RANKS_MAX_N:
-        floor = stats.rank_agreement(np.arange(n), np.arange(n)).p_tau
-        lines += ["", f"p = exact permutation p-value (two-sided). With {n} methods even identical orderings "
-                      f"have p = {floor:.3g}: a rank agreement over so few points is a description, not evidence."]
+    if note := rank_note(int(ranks["methods"].max())):
+        lines += ["", note]
     return "\n" + "\n".join(lines) + "\n"
+
+
+def rank_note(n: int) -> str:
+    """What the p-values of a rank agreement over n methods mean, and the smallest one n allows."""
+    if not 3 <= n <= stats.EXACT_RANKS_MAX_N:
+        return ""
+    floor = stats.rank_agreement(np.arange(n), np.arange(n)).p_tau
+    return (f"p = exact two-sided permutation p-value. With {n} methods even identical orderings have "
+            f"p = {floor:.3g}: a rank agreement over so few points is a description, not evidence.")
