@@ -31,10 +31,10 @@ def comparison_section(long: pd.DataFrame, edits: pd.DataFrame) -> list[str]:
     p < ALPHA in the paired sign-flip test are bold, green where the row is better, red where worse."""
     if long.empty:
         return []
-    parts = ["<h2>Method vs method</h2>",
-             f"<p class='note'>Cell = row − column on the items both scored, each method at its default point; "
-             f"bold = p &lt; {stats.ALPHA:g} ({_esc(table_stats.TEST_NAME)}), green: the row is significantly better, "
-             f"red: worse; hover for the p-value and the {stats.LEVEL:.0%} bootstrap interval.</p>"]
+    note = (f"<p class='note'>Cell = row − column on the items both scored, each method at its default point; "
+            f"bold = p &lt; {stats.ALPHA:g} ({_esc(table_stats.TEST_NAME)}), green: the row is significantly "
+            f"better, red: worse; hover for the p-value and the {stats.LEVEL:.0%} bootstrap interval.</p>")
+    parts = ["<h2>Method vs method</h2>", note]
     for metric_id, frame in table_stats.default_item_values(long, edits).items():
         first = long.loc[long["metric_id"] == metric_id].iloc[0]
         higher = bool(first["higher_is_better"])

@@ -145,8 +145,9 @@ def compare_methods(long: pd.DataFrame, edits: pd.DataFrame, a: str, b: str, con
         if name not in methods:
             raise ValueError(f"--compare: no records of method {name!r}; methods here: {sorted(methods)}")
         if name not in defaults:
+            points = sorted(set(edits.loc[edits["method"] == name, "point"]))
             raise ValueError(f"--compare: {name!r} has several points and none has the values of "
-                             f"conf/method/{name}.yaml; points: {sorted(set(edits.loc[edits['method'] == name, 'point']))}")
+                             f"conf/method/{name}.yaml; points: {points}")
     rows = []
     for metric_id, frame in default_item_values(long, edits, conf_dir).items():
         first = long.loc[long["metric_id"] == metric_id].iloc[0]

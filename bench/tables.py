@@ -304,7 +304,7 @@ def to_latex(table: pd.DataFrame, caption: str | None = None) -> str:
         lines.append(" & ".join(cells) + r" \\")
     lines.append(r"\bottomrule")
     if note := table_stats.table_note(table):
-        lines.append(r"\multicolumn{%d}{p{\linewidth}}{\footnotesize %s} \\" % (len(headers), latex_escape(note)))
+        lines.append(rf"\multicolumn{{{len(headers)}}}{{p{{\linewidth}}}}{{\footnotesize {latex_escape(note)}}} \\")
     lines.append(r"\end{tabular}")
     body = "\n".join(lines) + "\n"
     if caption:
