@@ -82,6 +82,7 @@ class Summary:
 
 
 def summarize(item_values, level: float = LEVEL, n_boot: int = N_BOOT, seed: int = SEED) -> Summary:
+    """n, mean, se and bootstrap interval of one row's item values (NaN skipped)."""
     x = _finite(item_values)
     low, high = bootstrap_ci(x, level, n_boot, seed)
     return Summary(len(x), float(x.mean()) if len(x) else math.nan, standard_error(x), low, high)

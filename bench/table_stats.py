@@ -53,9 +53,9 @@ def add_metric_statistics(table: pd.DataFrame, values: pd.DataFrame, index: list
     per_item = item_means(values, index)
     levels = len(index)
     summaries = {row: stats.summarize(group.to_numpy()) for row, group in per_item.groupby(level=list(range(levels)))}
-    for column, field in (("se", "se"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
-        table[f"{metric_id} {column}"] = pd.Series({_key(r): getattr(s, field) for r, s in summaries.items()},
-                                                   dtype=float).reindex(table.index)
+    for field in ("se", "ci_low", "ci_high"):
+        table[f"{metric_id} {field}"] = pd.Series({_key(r): getattr(s, field) for r, s in summaries.items()},
+                                                  dtype=float).reindex(table.index)
     seed_means = values.groupby(index + ["seed"])["value"].mean()
     se_seed = seed_means.groupby(level=list(range(levels))).agg(lambda m: stats.seed_standard_error(m.to_numpy()))
     counts = seed_means.groupby(level=list(range(levels))).count()
