@@ -82,4 +82,6 @@ class AggregateResults(Callback):
                 continue
             log.info("merged results of the multirun: %s (tables/, plots/, report/index.html)", results_dir)
             print(Path(written["tables"]["md"]).read_text(encoding="utf-8"))  # the summary table itself
+            for name in (k for k in written["tables"] if k.startswith("paper_")):  # paper vs ours, rank agreement
+                print(f"{name}:\n" + Path(written["tables"][name]).read_text(encoding="utf-8"))
             print(f"tables: {written['tables']['md']}" + (f"\nreport: {written['report']}" if "report" in written else ""))

@@ -18,7 +18,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from bench import table_stats
 from bench.io import atomic_path, write_text
+from bench.report_stats import comparison_section, rank_agreement_html
 from bench.tables import (
     applicable_papers,
     default_points,
@@ -41,6 +43,7 @@ table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; vertical-align: top; }
 th { background: #f2f2f2; } td.text { text-align: left; }
 td.best { font-weight: bold; background: #eaf6ea; }
+td.sig { font-weight: bold; } td.sig.better { background: #eaf6ea; } td.sig.worse { background: #fbeaea; }
 .grid td { text-align: center; } .grid img { display: block; margin: 0 auto; max-width: 192px; }
 figure { margin: 0; } figcaption { font-size: 11px; color: #555; max-width: 200px; }
 pre { background: #f7f7f7; padding: 8px; font-size: 12px; overflow-x: auto; max-height: 420px; }
@@ -211,20 +214,21 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, papers:
              f"{len(edits)} edit records ({int((edits['status'] == 'ok').sum()) if not edits.empty else 0} ok)</p>"]
 
     parts.append("<h2>Summary</h2>")
-    parts.append("<p class='note'>Mean over items and seeds (NaN skipped and counted); "
-                 "± = std over seeds of stochastic methods; bold = best per column (arrow = direction); "
-                 "NFE/item and s/item include the inversion.</p>")
+    parts.append("<p class='note'>Mean over items and seeds (NaN skipped and counted); arrow = direction; "
+                 f"NFE/item and s/item include the inversion. {_esc(table_stats.table_note(table))}</p>")
     parts.append(table_html(table))
     for name in paper_names:
         comparison = paper_comparison(results_dir, known[name], edits)
         sources = sorted(set(known[name]["source"]))
         parts.append(f"<h2>Paper vs ours: {_esc(name)}</h2>")
         parts.append(table_html(comparison))
+        parts.append(rank_agreement_html(comparison, known[name], edits))
         parts.append("<p class='note'>Δ = ours − paper, in our display units. Sources: "
                      + "; ".join(_esc(s) for s in sources) + "</p>")
     if unknown := [p for p in wanted if p not in known]:
         parts.append(f"<p class='note'>configured paper tables not found: {_esc(unknown)}</p>")
 
+    parts += comparison_section(long, edits)
     parts.append("<h2>Trade-off</h2>")
     if plot_paths:
         parts.append(f"<figure><img src='{file_data_uri(plot_paths['png'], 'image/png')}' "

@@ -8,10 +8,11 @@ algorithmic cost even when the inversion was reused; s/item likewise), ``psnr_vs
 reconstruction fidelity figure that needs no learned metric), then every scored metric (mean over
 items and seeds, display scale applied; NaN values skipped and counted in a ``<id> NaN`` column).
 For stochastic methods run with several seeds, ``<id> std`` is the standard deviation of the
-per-seed means, shown as "mean ± std".
+per-seed means. Statistics columns (``<id> se``, ``ci_low``, ``ci_high``, ``se_seed``, ``best``) come
+from ``bench/table_stats.py`` and are shown as "mean ± se" (docs/metrics.md, "Statistics").
 
-Rendered as markdown, CSV (numbers, unrounded) and LaTeX (booktabs); the best value of every
-metric column is bold, the header arrow gives its direction.
+Rendered as markdown, CSV (numbers, unrounded) and LaTeX (booktabs); the best value of a metric
+column is bold when it is significantly better than the runner-up; the header arrow gives its direction.
 
 Published numbers (``results/paper/*.csv``, long format, one row per (paper method, paper column)
 with its source and the mapping to our method label and metric id) are put side by side with ours:
@@ -29,7 +30,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from bench import records
+from bench import records, table_stats
 from bench.io import write_text
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ def summary_table(results_dir: str | Path, edits: pd.DataFrame | None = None) ->
             std = per_seed["std"].where((per_seed["count"] > 1) & stochastic.reindex(per_seed.index, fill_value=False))
             if std.notna().any():
                 table[f"{metric_id} std"] = std
+            table_stats.add_metric_statistics(table, values, index, metric_id, higher, stochastic)
             nan_count = values.groupby(index)["value"].apply(lambda v: int(v.isna().sum()))
             if nan_count.any():
                 table[f"{metric_id} NaN"] = nan_count.reindex(table.index, fill_value=0).astype(int)
@@ -218,7 +220,11 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
 
 
 def best_rows(table: pd.DataFrame, column: str) -> set[int]:
-    """Row positions holding the best value of a ↑/↓ column (ties all count; NaN never wins)."""
+    """Row positions to bold in a ↑/↓ column: the significant best of a summary table (``<id> best``),
+    else the best value (ties all count; NaN never wins)."""
+    significant = table_stats.best_flags(table, column, header_metric_id(column))
+    if significant is not None:
+        return significant
     values = pd.to_numeric(table[column], errors="coerce")
     if values.notna().sum() < 2:  # a single row or value: nothing to compare
         return set()
@@ -242,9 +248,9 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def display_cells(table: pd.DataFrame, digits: int = 4) -> tuple[list[str], list[list[str]], list[list[bool]]]:
-    """(headers, rows of strings, bold flags): std and NaN columns folded into their metric column
-    ("mean ± std", "(k NaN)"), best value per metric column flagged."""
-    shown = [c for c in table.columns if not (c.endswith(" std") or c.endswith(" NaN"))]
+    """(headers, rows of strings, bold flags): statistics and NaN columns folded into their metric
+    column ("mean ± se (seeds ± x)", "(k NaN)"), best value per metric column flagged (``best_rows``)."""
+    shown = [c for c in table.columns if not table_stats.is_stat_column(c)]
     bold_cols = {c: best_rows(table, c) for c in metric_columns(table)}
     rows, flags = [], []
     for i, (_, row) in enumerate(table.iterrows()):
@@ -253,9 +259,7 @@ def display_cells(table: pd.DataFrame, digits: int = 4) -> tuple[list[str], list
             text = _fmt(row[column], digits)
             if column in bold_cols:
                 metric_id = header_metric_id(column)
-                std = row.get(f"{metric_id} std")
-                if std is not None and pd.notna(std):
-                    text = f"{text} ± {_fmt(float(std), 2)}"
+                text = table_stats.cell_text(text, row, metric_id)
                 nans = row.get(f"{metric_id} NaN")
                 if nans is not None and pd.notna(nans) and int(nans) > 0:
                     text = f"{text} ({int(nans)} NaN)"
@@ -273,7 +277,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     body = [[f"**{c}**" if b else c for c, b in zip(r, f)] for r, f in zip(rows, flags)]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in body]
-    return "\n".join(lines) + "\n"
+    note = table_stats.table_note(table)
+    return "\n".join(lines + ([f"\n{note}"] if note else [])) + "\n"
 
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -297,7 +302,10 @@ def to_latex(table: pd.DataFrame, caption: str | None = None) -> str:
     for r, f in zip(rows, flags):
         cells = [r"\textbf{" + latex_escape(c) + "}" if b else latex_escape(c) for c, b in zip(r, f)]
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines.append(r"\bottomrule")
+    if note := table_stats.table_note(table):
+        lines.append(rf"\multicolumn{{{len(headers)}}}{{p{{\linewidth}}}}{{\footnotesize {latex_escape(note)}}} \\")
+    lines.append(r"\end{tabular}")
     body = "\n".join(lines) + "\n"
     if caption:
         body = ("\\begin{table}[t]\n\\centering\n" + body + "\\caption{" + latex_escape(caption) + "}\n\\end{table}\n")
@@ -419,7 +427,10 @@ def write_tables(results_dir: str | Path, papers: Iterable[str] | None = None,
         for name in dict.fromkeys(wanted + applicable_papers(edits, long, known)):
             comparison = paper_comparison(results_dir, known[name], edits)
             stem = out / f"paper_{name}"
-            write_text(stem.with_suffix(".md"), paper_markdown(comparison))
+            ranks = table_stats.paper_rank_agreement(comparison)
+            write_text(stem.with_suffix(".md"), paper_markdown(comparison)
+                       + table_stats.rank_agreement_markdown(ranks, table_stats.agreement_basis(known[name], edits)))
+            write_text(out / f"paper_{name}_ranks.csv", ranks.to_csv(index=False))
             write_text(stem.with_suffix(".csv"), comparison.to_csv(index=False))
             write_text(stem.with_suffix(".tex"), to_latex(comparison))
             paths[f"paper_{name}"] = stem.with_suffix(".md")

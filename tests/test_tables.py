@@ -67,12 +67,13 @@ def test_markdown_and_latex_mark_the_best_per_direction(results):
     md = to_markdown(table)
     ddim_line = next(line for line in md.splitlines() if line.startswith("| ddim_p2p"))
     ef_line = next(line for line in md.splitlines() if line.startswith("| ef_ddpm"))
-    assert "**0.3**" in ddim_line  # lower LPIPS is better → ddim_p2p's 0.3 beats 0.35
-    assert "**31**" in ddim_line and "**" not in ef_line.split("|")[-2]  # higher CLIP is better
-    assert "0.35 ± 0.2" in ef_line  # mean ± std over seeds
+    # two shared items: the exact paired test cannot reach p < 0.05 (smallest p = 2/2² = 0.5) → nothing bold
+    assert "**" not in ddim_line and "**" not in ef_line  # (significant bolding: tests/test_stats.py)
+    assert "0.3 ± 0.1 |" in ddim_line  # mean ± se over items: std(0.2, 0.4) / √2
+    assert "0.35 ± 0.05 (seeds ± 0.12)" in ef_line  # item means .3/.4; seed means .15/.35/.55 → 0.2/√3
     assert "(1 NaN)" in ef_line
     tex = to_latex(table)
-    assert r"\textbf{0.3}" in tex and r"$\downarrow$" in tex and r"$\uparrow$" in tex and r"$\pm$" in tex
+    assert r"$\downarrow$" in tex and r"$\uparrow$" in tex and r"$\pm$" in tex and "sign-flip" in tex
     assert r"ddim\_p2p" in tex and r"\toprule" in tex and r"\bottomrule" in tex
 
 
