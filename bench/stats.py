@@ -146,8 +146,7 @@ def paired_test(a, b, level: float = LEVEL, n_boot: int = N_BOOT, n_perm: int = 
     d = a - b
     low, high = bootstrap_ci(d, level, n_boot, seed)
     p, exact = sign_flip_p_value(d, n_perm, seed)
-    mean = (lambda v: float(v.mean()) if len(v) else math.nan)
-    return PairedResult(len(d), mean(a), mean(b), mean(d), standard_error(d), low, high, p, exact)
+    return PairedResult(len(d), _mean(a), _mean(b), _mean(d), standard_error(d), low, high, p, exact)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,3 +216,6 @@ def rank_agreement(x, y) -> RankAgreement:
         p_rho = float((np.abs(null_rho) >= abs(rho) - 1e-12).mean())
     return RankAgreement(n, tau, rho, p_tau, p_rho)
 
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else math.nan

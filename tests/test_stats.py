@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_tables import add_edit, add_metric
 
 from bench import stats
 from bench.tables import summary_table, to_markdown, write_tables
-from test_tables import add_edit, add_metric
 
 Z975 = 1.959963984540054  # Φ⁻¹(0.975)
 PHI_Z975 = math.exp(-Z975**2 / 2) / math.sqrt(2 * math.pi)  # standard normal density at Φ⁻¹(0.975)
