@@ -68,11 +68,15 @@ class AnalysisContext:
         method, scheduler_cfg = method_from_config(self.cfg.method)
         return method, scheduler_cfg, config_choice(self.cfg, "method") or method.name
 
-    def baseline(self, name: str) -> tuple[Method, dict, str]:
-        """(method ``name`` composed for this experiment's model, its scheduler config, its label)."""
+    def baseline(self, name: str, same_hparams: bool = False) -> tuple[Method, dict, str]:
+        """(method ``name`` composed for this experiment's model, its scheduler config, its label). With
+        ``same_hparams`` it takes the experiment's method's hyperparameters instead of its own (naive DDPM vs
+        EF-DDPM: the same T, η, guidance, so that only the noise space differs)."""
         from bench.runner import method_from_config
 
         method, scheduler_cfg = method_from_config(compose_method_config(name, config_choice(self.cfg, "model")))
+        if same_hparams:
+            method = type(method)(**self.method[0].hparams())
         return method, scheduler_cfg, name
 
     # data --------------------------------------------------------------------------------

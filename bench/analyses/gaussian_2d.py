@@ -97,7 +97,7 @@ class Gaussian2D:
         from bench.models import build_scheduler
 
         ef, scheduler_cfg, _ = ctx.method
-        naive = ctx.baseline(self.baseline)[0]
+        naive = ctx.baseline(self.baseline, same_hparams=True)[0]
         pipe = GaussianDenoiser(build_scheduler(dict(scheduler_cfg)), self.mean)
         T = num_steps(ef, pipe)
         generator = ctx.generator("native")

@@ -46,7 +46,7 @@ class ImageShift:
         self.shifts, self.baseline, self.lpips = (None if shifts is None else [int(k) for k in shifts]), baseline, lpips
 
     def run(self, ctx) -> dict:
-        methods = {"EF": ctx.method, "naive": ctx.baseline(self.baseline)}
+        methods = {"EF": ctx.method, "naive": ctx.baseline(self.baseline, same_hparams=True)}
         items = ctx.items()
         pipe = ctx.pipe
         shifts = self.shifts or default_shifts(pipe.latent_size)

@@ -48,7 +48,7 @@ class NoiseStatistics:
 
     def run(self, ctx) -> dict:
         ef, ef_scheduler, ef_label = ctx.method
-        naive, naive_scheduler, naive_label = ctx.baseline(self.baseline)
+        naive, naive_scheduler, naive_label = ctx.baseline(self.baseline, same_hparams=True)
         items = ctx.items()
         variances: dict[str, list[torch.Tensor]] = {k: [] for k in KINDS}
         correlations: dict[str, list[torch.Tensor]] = {k: [] for k in KINDS}
