@@ -214,7 +214,7 @@ def test_report_renders_analysis_sections_and_still_refuses_an_empty_dir(tmp_pat
 FAST = {  # debug=limit and a few steps: seconds each on the tiny random pipeline
     "ef_noise_statistics": [],
     "ef_image_shift": ["analysis.shifts=[1,2]"],
-    "ef_color_manipulation": ["analysis.strengths=[1.0]", "analysis.sdedit_strengths=[0.5]",
+    "ef_color_manipulation": ["analysis.strengths=[1.0]", "analysis.sdedit_strengths=[0.1]",
                               "analysis.timestep_range=[0,999]"],
 }
 

@@ -7,10 +7,14 @@ regenerate with every map in the window t ∈ [T_1, T_2] modified as
 
 where f_t(x_t) is the noise prediction at the current x_t of the regeneration, P(f_t(x_t)) =
 (x_t − √(1−ᾱ_t) f_t(x_t)) / √ᾱ_t the predicted clean image (``methods.steps.predict_x0``) and s the
-strength; outside the window and outside B the maps are untouched, so s = 0 reconstructs x_0. The
-formula is the one we read in the EF-DDPM paper (Huberman-Spiegelglas et al., arXiv 2304.06140, colour
-manipulation); the reference repository has no code for it, and the window and strengths the paper used
-are not given there, so they are this experiment's knobs (``analysis.timestep_range``, ``analysis.strengths``).
+strength; outside the window and outside B the maps are untouched, so s = 0 reconstructs x_0.
+Provenance: this is the colour-manipulation update of the EF-DDPM paper (Huberman-Spiegelglas et al.,
+arXiv 2304.06140) in the paper's symbols as we recall them; the paper's text could not be retrieved here
+to verify it and the reference repository (inbarhub/DDPM_inversion) has no code for it. What is
+implemented is exactly the update above: the term in parentheses is the per-timestep difference between
+the desired colour and the predicted clean image, restricted to B and scaled by s, added to the noise map.
+The window and strengths are not known from the reference, so they are knobs (``analysis.timestep_range``
+in training timesteps, ``analysis.strengths``).
 
 Latent model: M and P(f_t(x_t)) are compared in the VAE latent space. M is taken as the VAE encoding of
 the image SDEdit starts from, x_0 with the flat colour pasted into B (encoding a bare colour patch would
