@@ -70,7 +70,7 @@ class DDPMNoiseSpaceMethod(Method):
     def controller(self, pipe, item) -> AttentionController | None:
         return None
 
-    def reconstruction(self) -> "DDPMNoiseSpaceMethod":
+    def reconstruction(self) -> DDPMNoiseSpaceMethod:
         """This method set to regenerate its own inversion (no skip, z_1 kept, edit guidance = inversion
         guidance): with target = source prompt it returns x_0 up to rounding (the noise-space analyses)."""
         return dataclasses.replace(self, skip=0, keep_z1=True, cfg_tar=self.cfg_src)

@@ -18,7 +18,7 @@ cosine between consecutive z_t, z_{t−1}, and each inversion's reconstruction e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -37,7 +37,7 @@ class GaussianDenoiser:
 
     scheduler: object
     mean: torch.Tensor  # m, shape (C,)
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return image

@@ -106,15 +106,15 @@ class NoiseStatistics:
         negative = table.loc[pairs, "EF_corr_mean"] < -corr_tol
         verdict = {True: "HOLDS", False: "DOES NOT HOLD"}
         return [
-            f"Claim 1 (EF noise has a larger variance than native noise): {verdict[bool(larger.sum() > len(table) / 2)]} "
+            (f"Claim 1 (EF noise has a larger variance than native noise): {verdict[bool(larger.sum() > len(table) / 2)]} "
             f"on this model: EF variance exceeds native by more than {var_tol:.2g} at {int(larger.sum())}/{len(table)} "
             f"timesteps; median over timesteps EF {table['EF_var_mean'].median():.4g}, naive "
-            f"{table['naive_var_mean'].median():.4g}, native {table['native_var_mean'].median():.4g}.",
-            f"Claim 2 (consecutive EF noise maps are negatively correlated): "
+            f"{table['naive_var_mean'].median():.4g}, native {table['native_var_mean'].median():.4g}."),
+            (f"Claim 2 (consecutive EF noise maps are negatively correlated): "
             f"{verdict[bool(negative.sum() > pairs.sum() / 2)]} on this model: correlation below −{corr_tol:.2g} at "
             f"{int(negative.sum())}/{int(pairs.sum())} consecutive pairs; median EF "
             f"{table.loc[pairs, 'EF_corr_mean'].median():.4g}, naive {table.loc[pairs, 'naive_corr_mean'].median():.4g}, "
-            f"native {table.loc[pairs, 'native_corr_mean'].median():.4g}.",
+            f"native {table.loc[pairs, 'native_corr_mean'].median():.4g}."),
         ]
 
     @staticmethod
