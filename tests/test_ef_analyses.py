@@ -131,8 +131,10 @@ def test_ef_inversion_with_the_exact_denoiser_reconstructs_x0():
     inversion = method.invert(pipe, x0, "", torch.Generator().manual_seed(5))
     reconstruction, steps = recorded_reverse(method, pipe, inversion)
     assert torch.equal(reconstruction, inversion.tensors["xts"][:1])
-    for step, x_t in zip(steps[:-1], inversion.tensors["xts"].flip(0)[1:]):
-        assert torch.equal(step["x_t"], x_t[None]) or torch.equal(steps[0]["x_t"], inversion.tensors["xts"][-1:])
+    xts = inversion.tensors["xts"]
+    assert [step["n"] for step in steps] == list(range(50, 0, -1))
+    for step in steps:  # x_n of the reverse process == x̃_n of the inversion, bitwise, at every step
+        assert torch.equal(step["x_t"], xts[step["n"]][None])
     mu_1 = steps[-1]["mu"]
     u = 2.0 ** -24
     bound = u * (3 * (x0 - mu_1).abs() + x0.abs()) * (1 + 8 * u)
