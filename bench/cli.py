@@ -51,7 +51,12 @@ def hydra_main() -> None:
         from bench.runner import run_from_config
 
         with friendly_errors():
-            run_from_config(cfg)
+            if cfg.get("analysis"):  # an analysis experiment (bench/analyses), not a method × dataset edit job
+                from bench.analyses import run_analysis
+
+                run_analysis(cfg)
+            else:
+                run_from_config(cfg)
 
     _run()
 

@@ -185,13 +185,19 @@ def _img(uri: str | None, alt: str) -> str:
     return f"<img src='{uri}' alt='{_esc(alt)}'>"
 
 
+def analysis_sections(results_dir: Path) -> list[str]:
+    """The HTML fragments that analysis experiments wrote (``analyses/<name>/section.html``, bench.analyses)."""
+    return [path.read_text(encoding="utf-8") for path in sorted(results_dir.glob("analyses/*/section.html"))]
+
+
 def build_report(results_dir: str | Path, out: str | Path | None = None, papers: Iterable[str] | None = None,
                  max_rows: int = 24, title: str | None = None, sweep_dirs: Iterable[str | Path] = ()) -> Path:
     """Write the HTML report of ``results_dir`` (default ``<results_dir>/report/index.html``) and return
     its path. Also (re)writes the trade-off plot (``<results_dir>/plots/``) it embeds. ``sweep_dirs``:
     Hydra sweep dirs outside the results dir whose job configs should be shown."""
     results_dir = Path(results_dir)
-    if not (results_dir / "edits").is_dir():
+    analyses = analysis_sections(results_dir)
+    if not (results_dir / "edits").is_dir() and not analyses:
         raise FileNotFoundError(f"{results_dir} holds no edit records (expected {results_dir / 'edits'}/); "
                                 "run an experiment first, e.g. `bench experiment=toy_default`")
     out = Path(out) if out else results_dir / "report" / "index.html"
@@ -213,6 +219,7 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, papers:
              f"{_esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}; "
              f"{len(edits)} edit records ({int((edits['status'] == 'ok').sum()) if not edits.empty else 0} ok)</p>"]
 
+    parts.extend(analyses)
     parts.append("<h2>Summary</h2>")
     parts.append("<p class='note'>Mean over items and seeds (NaN skipped and counted); arrow = direction; "
                  f"NFE/item and s/item include the inversion. {_esc(table_stats.table_note(table))}</p>")

@@ -23,6 +23,7 @@ Cost: 2T inversion NFE (T if inversion_guidance_scale = 1), 2·(T−T_skip)·bra
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -69,6 +70,11 @@ class DDPMNoiseSpaceMethod(Method):
     def controller(self, pipe, item) -> AttentionController | None:
         return None
 
+    def reconstruction(self) -> DDPMNoiseSpaceMethod:
+        """This method set to regenerate its own inversion (no skip, z_1 kept, edit guidance = inversion
+        guidance): with target = source prompt it returns x_0 up to rounding (the noise-space analyses)."""
+        return dataclasses.replace(self, skip=0, keep_z1=True, cfg_tar=self.cfg_src)
+
     # the shared loop ---------------------------------------------------------------------------
     @torch.no_grad()
     def invert(self, pipe, image, source_prompt, generator) -> Inversion:
@@ -90,8 +96,9 @@ class DDPMNoiseSpaceMethod(Method):
                          {"timesteps": [int(t) for t in ascending]})
 
     @torch.no_grad()
-    def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
-        """The edited latents, one row per branch."""
+    def edit_latents(self, pipe, inversion: Inversion, item, z_hook=None) -> torch.Tensor:
+        """The edited latents, one row per branch. ``z_hook(n, t, x_t, ε̂, z_n) -> z_n`` may replace the
+        noise map of step n (EF-DDPM's colour manipulation; bench.analyses)."""
         scheduler = pipe.scheduler
         scheduler.set_timesteps(self.num_steps)
         prompts, scales = self.branches(item)
@@ -108,7 +115,8 @@ class DDPMNoiseSpaceMethod(Method):
             for n in range(first, 0, -1):
                 t = ascending[n - 1]
                 eps = guided_noise(pipe, latents, t, cond, uncond, scale)
-                latents = ef_step(scheduler, latents, eps, int(t), self.eta, zs[n - 1])
+                z = zs[n - 1] if z_hook is None else z_hook(n, int(t), latents, eps, zs[n - 1])
+                latents = ef_step(scheduler, latents, eps, int(t), self.eta, z)
                 if controller is not None:
                     latents = controller.step_callback(latents)
         return latents

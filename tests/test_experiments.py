@@ -22,7 +22,10 @@ from bench.io import write_json
 from bench.runner import dataset_from_config, method_from_config
 from bench.tables import summary_table
 
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+# method × dataset edit sweeps; analysis experiments (an `analysis:` node, bench/analyses) are tested in
+# tests/test_ef_analyses.py
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")
+                     if "analysis" not in (yaml.safe_load(p.read_text()) or {}))
 SWEEP_GROUP = re.compile(r"^\+?(experiment/\w+)@_global_$")
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 
 def make_report(args) -> int:
-    from bench.report import build_report
+    from bench.report import analysis_sections, build_report
     from bench.tables import write_tables
 
     results_dir = Path(args.results_dir)
-    if not (results_dir / "edits").is_dir():
-        print(f"error: {results_dir} holds no edit records (expected {results_dir / 'edits'}/)")
+    if not (results_dir / "edits").is_dir() and not analysis_sections(results_dir):
+        print(f"error: {results_dir} holds no edit records (expected {results_dir / 'edits'}/) and no analysis")
         return 2
     try:
         write_tables(results_dir, papers=args.paper or None)
