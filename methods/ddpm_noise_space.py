@@ -73,7 +73,7 @@ class DDPMNoiseSpaceMethod(Method):
     def reconstruction(self) -> DDPMNoiseSpaceMethod:
         """This method set to regenerate its own inversion (no skip, z_1 kept, edit guidance = inversion
         guidance): with target = source prompt it returns x_0 up to rounding (the noise-space analyses)."""
-        return dataclasses.replace(self, skip=0, keep_z1=True, cfg_tar=self.cfg_src)
+        return dataclasses.replace(self, skip=0, keep_z1=True, guidance_scale=self.inversion_guidance_scale)
 
     # the shared loop ---------------------------------------------------------------------------
     @torch.no_grad()

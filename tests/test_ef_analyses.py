@@ -126,7 +126,7 @@ def test_ef_inversion_with_the_exact_denoiser_reconstructs_x0():
     at most the rounding of z_1 = (x_0 − μ_1)/(ησ_1) followed by μ_1 + ησ_1 z_1 in float32:
     |x̂_0 − x_0| ≤ u (3 |x_0 − μ_1| + |x_0|) (+ O(u²)), u = 2⁻²⁴."""
     pipe = gaussian_pipe(steps=50)
-    method = EFDDPM(num_diffusion_steps=50)
+    method = EFDDPM(num_steps=50)
     x0 = points(500)
     inversion = method.invert(pipe, x0, "", torch.Generator().manual_seed(5))
     reconstruction, steps = recorded_reverse(method, pipe, inversion)
@@ -144,7 +144,7 @@ def test_ef_inversion_with_the_exact_denoiser_reconstructs_x0():
 def test_ef_noise_of_the_exact_denoiser_is_larger_than_native():
     """The geometry the figure shows, on the exact model: EF maps are longer than N(0, I) draws."""
     pipe = gaussian_pipe(steps=50)
-    inversion = EFDDPM(num_diffusion_steps=50).invert(pipe, points(500), "", torch.Generator().manual_seed(6))
+    inversion = EFDDPM(num_steps=50).invert(pipe, points(500), "", torch.Generator().manual_seed(6))
     assert float(inversion.tensors["zs"][1:].norm(dim=1).mean()) > 2 * math.sqrt(math.pi / 2)
 
 
@@ -160,7 +160,7 @@ def test_shifting_every_code_shifts_the_regenerated_latent_exactly():
     """The Gaussian denoiser acts per pixel, so shifting x_T and every z_t must shift x̂_0 bitwise; forgetting
     x_T or any z_t breaks it."""
     pipe = gaussian_pipe()
-    method = EFDDPM(num_diffusion_steps=50)
+    method = EFDDPM(num_steps=50)
     x0 = points(64).view(1, 2, 8, 8)
     inversion = method.invert(pipe, x0, "", torch.Generator().manual_seed(7))
     base = method.reconstruction().edit_latents(pipe, inversion, ITEM)
@@ -173,7 +173,7 @@ def test_shifting_every_code_shifts_the_regenerated_latent_exactly():
 
 def test_colour_hook_moves_only_the_masked_pixels_towards_the_colour():
     pipe = gaussian_pipe()
-    method = EFDDPM(num_diffusion_steps=50)
+    method = EFDDPM(num_steps=50)
     x0 = points(64, seed=8).view(1, 2, 8, 8)
     inversion = method.invert(pipe, x0, "", torch.Generator().manual_seed(9))
     regenerate = method.reconstruction()
@@ -230,7 +230,7 @@ def test_analysis_runs_with_debug_limit_on_the_tiny_model(name, tmp_path):
     from bench.analyses import run_analysis
 
     results = tmp_path / "results"
-    cfg = compose_config([f"experiment={name}", "debug=limit", "limit=1", "method.num_diffusion_steps=4",
+    cfg = compose_config([f"experiment={name}", "debug=limit", "limit=1", "method.num_steps=4",
                           "method.skip=1", *FAST[name]], results)
     assert cfg.model.name == "tiny_random"
     out = run_analysis(cfg)

@@ -24,7 +24,8 @@ kept (``reconstruction()``).
 
 Baseline: SDEdit (the configured ``sdedit`` preset for this model) started from x_0 with M pasted into B,
 same prompt, over ``sdedit_strengths``. ``analysis.prompt``: ``source`` (default: the manipulation
-changes no condition) or ``target`` (the caption naming the new colour, for both methods). The toy world gives exact ground truth: B = the shape's mask,
+changes no condition) or ``target`` (the caption naming the new colour, for both methods). The toy
+world gives exact ground truth: B = the shape's mask,
 M = the target colour's palette value, target = the scene re-rendered with that colour. Scores: PSNR to the
 ground truth inside B (coverage 1) and outside B (coverage 0; the anti-aliased rim is in neither), colour
 accuracy (the committed toy CLIP reads the target colour) and LPIPS to the source outside B
@@ -40,9 +41,10 @@ import torch
 
 from bench.analyses.output import pyplot
 from bench.data.preprocess import load_image_tensor, open_image, preprocess_mask
+from bench.images import psnr
 from bench.metrics.base import MetricInput
 from bench.toyworld.generator import COLOUR_NAMES, COLOURS
-from bench.toyworld.metrics import psnr_unit
+from bench.toyworld.metrics import MAX_DB
 from methods.base import Inversion
 from methods.steps import alpha_bar, predict_x0
 
@@ -116,8 +118,8 @@ class ColorManipulation:
             lpips_out = lpips.score([MetricInput(source=source, edited=out, item=item, mask=alpha) for out in outputs])
             for (method, point), out, colour, lp in zip(results, outputs, colours.tolist(), lpips_out):
                 rows.append({"method": method, "point": point, "item": item.item_id,
-                             "psnr_in": psnr_unit(out, truth, (alpha >= 1).float()),
-                             "psnr_out": psnr_unit(out, truth, (alpha <= 0).float()),
+                             "psnr_in": float(psnr(out, truth, (alpha >= 1).float(), max_db=MAX_DB)),
+                             "psnr_out": float(psnr(out, truth, (alpha <= 0).float(), max_db=MAX_DB)),
                              "colour_accuracy": float(COLOUR_NAMES[colour] == name), "lpips_out": lp})
             if len(shown) < 3:
                 shown.append({"source": source, "truth": truth, **{f"{m} {p}".strip(): v for (m, p), v in results.items()}})

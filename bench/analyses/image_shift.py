@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 
 from bench.analyses.output import pyplot
+from bench.images import psnr
 from bench.metrics.base import MetricInput
-from bench.toyworld.metrics import psnr_unit
+from bench.toyworld.metrics import MAX_DB
 from methods.base import Inversion
 
 
@@ -67,7 +68,7 @@ class ImageShift:
                     crop_result, crop_target = valid_region(result, k * factor), valid_region(target, k * factor)
                     score = lpips.score([MetricInput(source=crop_target, edited=crop_result, item=item)])[0]
                     rows.append({"method": kind, "k": k, "item": item.item_id,
-                                 "psnr": psnr_unit(crop_result, crop_target), "lpips": score})
+                                 "psnr": float(psnr(crop_result, crop_target, max_db=MAX_DB)), "lpips": score})
                     if index == 0:
                         shown[("target", k)], shown[(kind, k)] = target, result
         frame = pd.DataFrame(rows)
