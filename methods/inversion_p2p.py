@@ -21,7 +21,7 @@ import torch
 
 from methods.attention import P2PEditHparams, attention_control
 from methods.base import Inversion, Method, check_range
-from methods.steps import ddim_inversion_loop, ddim_sampling_loop
+from methods.steps import cfg_passes, ddim_inversion_loop, ddim_sampling_loop
 
 
 @dataclass
@@ -84,4 +84,4 @@ class InversionP2P(P2PEditHparams, Method):
 
     def declared_nfe(self, item) -> tuple[int, int]:
         """(inversion, edit) NFE of one item: N (w = 1 inversion), then N UNet calls of batch 4 (2 at w = 1)."""
-        return self.num_steps, (2 if self.guidance_scale == 1 else 4) * self.num_steps
+        return self.num_steps, 2 * cfg_passes(self.guidance_scale) * self.num_steps
