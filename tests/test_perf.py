@@ -21,15 +21,7 @@ from bench.perf.run import EQUAL_ATOL, compare_with_baseline, failed_result
 from bench.perf.setup import MethodSpec, method_labels, method_spec, override_steps, source_tensor, write_item
 
 STEPS, INNER = 4, 2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
