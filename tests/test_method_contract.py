@@ -72,8 +72,9 @@ def check_output_and_seeds(pipe, method: Method, item, image) -> None:
     again, _, _ = run(pipe, method, item, image, seed=0)
     assert torch.equal(first, again), f"{name}: the same seed gave a different image"
     other, _, _ = run(pipe, method, item, image, seed=7)
-    assert torch.equal(first, other) != method.stochastic, (
-        f"{name}.stochastic={method.stochastic} but another seed gave {'the same' if torch.equal(first, other) else 'a different'} image")
+    same = torch.equal(first, other)
+    assert same != method.stochastic, (
+        f"{name}.stochastic={method.stochastic} but another seed gave {'the same' if same else 'a different'} image")
     declared = method.declared_nfe(item)
     if declared is not None:
         assert (inversion_nfe, edit_nfe) == tuple(declared), (
@@ -140,7 +141,8 @@ def check_processors_restored(pipe, method: Method, item, image) -> None:
             method.edit(pipe, inversion, item, torch.Generator("cpu").manual_seed(1))
     finally:
         handle.remove()
-    assert_processors_unchanged(pipe, before, f"{type(method).__name__}: attention processors not restored after an error")
+    assert_processors_unchanged(pipe, before,
+                                f"{type(method).__name__}: attention processors not restored after an error")
 
 
 def assert_processors_unchanged(pipe, before: dict, message: str) -> None:
@@ -228,7 +230,7 @@ class SourcePromptDDIM(DDIM):
 '''
 
 
-def test_a_config_in_a_user_config_dir_is_covered(contract_pipe, contract_item, tmp_path, monkeypatch):
+def test_a_config_in_a_user_config_dir_is_covered(contract_pipe, contract_item, tmp_path, monkeypatch, request):
     """A YAML + module dropped into $EDITBENCH_CONFIG_DIR joins the registry and passes the same checks."""
     user = tmp_path / "user-conf"
     (user / "method").mkdir(parents=True)
@@ -238,7 +240,7 @@ def test_a_config_in_a_user_config_dir_is_covered(contract_pipe, contract_item, 
         "_target_: contract_user_methods.SourcePromptDDIM\nnum_steps: 50\n", encoding="utf-8")
     monkeypatch.setenv(USER_CONFIG_ENV, str(user))
     monkeypatch.setattr(sys, "path", list(sys.path))  # the user dir joins sys.path for this test only
-    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    request.addfinalizer(lambda: sys.modules.pop("contract_user_methods", None))
     assert "source_prompt_ddim" in group_options("method")
     item, image = contract_item
     spec = method_spec("source_prompt_ddim")
