@@ -18,7 +18,8 @@ import torch
 from bench.config import USER_CONFIG_ENV
 from bench.perf.run import EQUAL_ATOL
 from tests.conftest import REPO_ROOT, compose_config
-from tests.test_method_contract import check_contract, contract_item, contract_pipe, method_spec  # noqa: F401,F811 (fixtures)
+from tests.test_method_contract import check_contract, method_spec
+from tests.test_method_contract import contract_item, contract_pipe  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DOC = REPO_ROOT / "docs" / "adding-a-method.md"
