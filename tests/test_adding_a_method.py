@@ -80,3 +80,14 @@ def test_the_user_method_runs_and_keeps_the_contract(user_dir, contract_pipe, co
     theirs = packaged.edit(contract_pipe, packaged.invert(contract_pipe, image, item.source_prompt, None), item, None)
     assert (mine - theirs).abs().max().item() <= EQUAL_ATOL * max(1.0, theirs.abs().max().item())
     assert not torch.equal(mine, image[0])
+
+
+def test_a_missing_user_config_dir_is_a_clear_error(tmp_path, monkeypatch):
+    from bench.config import ConfigError, group_options
+
+    monkeypatch.setenv(USER_CONFIG_ENV, str(tmp_path / "absent"))
+    with pytest.raises(ConfigError, match=f"{USER_CONFIG_ENV}=.*absent is not a directory"):
+        group_options("method")
+    listed = subprocess.run([sys.executable, "-m", "bench.cli", "ls", "methods"], cwd=REPO_ROOT, env=dict(os.environ),
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 2 and "is not a directory" in listed.stderr and "Traceback" not in listed.stderr
