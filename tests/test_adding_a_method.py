@@ -43,14 +43,18 @@ def user_dir(tmp_path, monkeypatch) -> Iterator[Path]:
     sys.modules.pop("my_methods", None)
 
 
+def bench_ls_methods() -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.cli", "ls", "methods"], cwd=REPO_ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_the_doc_ships_a_module_a_config_and_a_toy_preset():
     assert set(doc_files()) == {"my_methods.py", "method/my_negative_prompt_p2p.yaml",
                                 "method_model/my_negative_prompt_p2p_toy.yaml"}
 
 
 def test_bench_ls_lists_the_user_method(user_dir):
-    listed = subprocess.run([sys.executable, "-m", "bench.cli", "ls", "methods"], cwd=REPO_ROOT, env=dict(os.environ),
-                            capture_output=True, text=True, timeout=120)
+    listed = bench_ls_methods()
     assert listed.returncode == 0, listed.stderr[-2000:]
     line = next(row for row in listed.stdout.splitlines() if row.startswith("my_negative_prompt_p2p "))
     assert "My Negative-prompt inversion + P2P" in line
@@ -88,6 +92,5 @@ def test_a_missing_user_config_dir_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv(USER_CONFIG_ENV, str(tmp_path / "absent"))
     with pytest.raises(ConfigError, match=f"{USER_CONFIG_ENV}=.*absent is not a directory"):
         group_options("method")
-    listed = subprocess.run([sys.executable, "-m", "bench.cli", "ls", "methods"], cwd=REPO_ROOT, env=dict(os.environ),
-                            capture_output=True, text=True, timeout=120)
+    listed = bench_ls_methods()
     assert listed.returncode == 2 and "is not a directory" in listed.stderr and "Traceback" not in listed.stderr
