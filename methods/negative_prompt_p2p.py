@@ -9,8 +9,8 @@ used, for any w. No optimisation, no extra UNet pass.
 Reference: cure-lab/PnPInversion@f480116 — ``NegativePromptInversion.invert`` (models/p2p/inversion.py:78-101:
 w = 1 DDIM inversion, ``uncond_embeddings = [cond_embeddings] * num_ddim_steps`` at :100, ``npi_interp``
 0 so no slerp at :98-99), editing by ``proximal_guidance_forward`` with ``prox=None`` and
-``recon_lr=0`` (models/p2p/proximal_guidance_forward.py:172-182: context [∅_t, ∅_t, c_src, c_tgt] with
-∅_t = c_src for both branches; plain CFG and DDIM step at :78-80). Frame and settings: ``methods.inversion_p2p``.
+``recon_lr=0`` (models/p2p/proximal_guidance_forward.py:156-161: context [∅_t, ∅_t, c_src, c_tgt] with
+∅_t = c_src for both branches; plain CFG and DDIM step at :74-76). Frame and settings: ``methods.inversion_p2p``.
 
 Cost: N inversion NFE + 4N editing NFE (2N at w = 1).
 """
