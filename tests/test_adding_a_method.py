@@ -94,3 +94,15 @@ def test_a_missing_user_config_dir_is_a_clear_error(tmp_path, monkeypatch):
         group_options("method")
     listed = bench_ls_methods()
     assert listed.returncode == 2 and "is not a directory" in listed.stderr and "Traceback" not in listed.stderr
+
+
+def test_targets_outside_the_package_and_the_user_dirs_stay_refused(user_dir):
+    """The allow-list grows by the modules placed in a user config dir, nothing else: a name that resolves
+    to an installed module (even if a file of that name sits in the user dir) is refused."""
+    from bench.config import ConfigError, instantiate
+
+    (user_dir / "json.py").write_text("raise RuntimeError('never imported')\n", encoding="utf-8")
+    for target in ("os.system", "json.loads"):
+        with pytest.raises(ConfigError, match="only classes under"):
+            instantiate({"_target_": target}, what="method")
+    assert instantiate({"_target_": "my_methods.MyNegativePromptP2P", "num_steps": 3}, what="method").num_steps == 3
