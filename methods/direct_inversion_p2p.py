@@ -43,7 +43,6 @@ class DirectInversionP2P(InversionP2P):
         return {"x_T": trajectory[-1], "path": torch.cat(trajectory[-2::-1])}
 
     def correct_step(self, inversion: Inversion, step: int, latents: torch.Tensor) -> torch.Tensor:
-        """Source row += x*_{t−Δ} − x^src_{t−Δ} (lands on the path); the target row is unchanged."""
-        source = latents[:1]
-        offset = inversion.tensors["path"][step : step + 1] - source
-        return torch.cat([source + offset, latents[1:]])
+        """Source row x^src + (x*_{t−Δ} − x^src), written as x*_{t−Δ} itself (exact in floating point too);
+        the target row is unchanged."""
+        return torch.cat([inversion.tensors["path"][step : step + 1], latents[1:]])
