@@ -36,7 +36,10 @@ def run_command(argv: list[str]) -> int:
     module = importlib.import_module(f"bench.commands.{argv[0]}")
     module.register(subparsers)
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    from bench.errors import friendly_errors
+
+    with friendly_errors():
+        return int(args.func(args) or 0)
 
 
 def hydra_main() -> None:

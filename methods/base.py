@@ -125,6 +125,12 @@ class Method:
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def declared_nfe(self, item: "EditItem") -> tuple[int, int] | None:
+        """(inversion NFE, edit NFE) of one item by the formula in the method's docs, or None where the
+        cost depends on the data (an optimisation's early stop). The contract test
+        (tests/test_method_contract.py) holds the pipeline's counted NFE to it."""
+        return None
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.base import Inversion, Method, check_range
-from methods.steps import ddim_inversion_loop, ddim_sampling_loop
+from methods.steps import cfg_passes, ddim_inversion_loop, ddim_sampling_loop
 
 
 @dataclass
@@ -52,3 +52,7 @@ class DDIM(Method):
 
     def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
         return pipe.decode_latents(self.edit_latents(pipe, inversion, item))[-1]
+
+    def declared_nfe(self, item) -> tuple[int, int]:
+        steps = self.num_steps
+        return cfg_passes(self.inversion_guidance_scale) * steps, cfg_passes(self.guidance_scale) * steps

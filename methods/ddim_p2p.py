@@ -46,3 +46,6 @@ class DDIMP2P(P2PEditHparams, DDIM):
         controller = self.p2p_controller(pipe, item, self.num_steps)
         with attention_control(pipe, controller):
             return ddim_sampling_loop(pipe, x_T, cond, uncond, scales, on_step=controller.step_callback)
+
+    def declared_nfe(self, item) -> tuple[int, int]:
+        return DDIM.declared_nfe(self, item)[0], 4 * self.num_steps

@@ -31,7 +31,7 @@ import torch
 
 from methods.base import HyperparameterError, Inversion, Method, check_range
 from methods.p2p import AttentionController, attention_control
-from methods.steps import ef_extract_noise, ef_step, guided_noise
+from methods.steps import cfg_passes, ef_extract_noise, ef_step, guided_noise
 
 
 @dataclass
@@ -123,3 +123,9 @@ class DDPMNoiseSpaceMethod(Method):
 
     def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
         return pipe.decode_latents(self.edit_latents(pipe, inversion, item))[-1]
+
+    def declared_nfe(self, item) -> tuple[int, int]:
+        prompts, scales = self.branches(item)
+        edit_passes = cfg_passes(scales[0]) if len(scales) == 1 else 2
+        return (cfg_passes(self.inversion_guidance_scale) * self.num_steps,
+                edit_passes * len(prompts) * (self.num_steps - self.skip))

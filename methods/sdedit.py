@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.base import Inversion, Method, check_range
-from methods.steps import ddim_step, gaussian_like, guided_noise
+from methods.steps import cfg_passes, ddim_step, gaussian_like, guided_noise
 
 
 @dataclass
@@ -56,3 +56,6 @@ class SDEdit(Method):
             noise = gaussian_like(latents, generator) if self.eta > 0 else None
             latents = ddim_step(scheduler, eps, int(t), latents, self.eta, noise)
         return pipe.decode_latents(latents)[0]
+
+    def declared_nfe(self, item) -> tuple[int, int]:
+        return 0, cfg_passes(self.guidance_scale) * min(int(self.num_steps * self.strength), self.num_steps)

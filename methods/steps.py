@@ -104,13 +104,18 @@ def classifier_free_guidance(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, s
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
+def cfg_passes(scale) -> int:
+    """UNet passes per branch that ``guided_noise`` makes: 1 for a scalar scale of 1, else 2."""
+    return 1 if not isinstance(scale, torch.Tensor) and scale == 1 else 2
+
+
 def guided_noise(pipe, latents: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor, scale) -> torch.Tensor:
     """CFG noise prediction with the unconditional and conditional passes in one UNet batch.
 
     ``latents`` (B,...), ``cond``/``uncond`` (B,77,D) embeddings. With a scalar scale of 1 only the
     conditional pass runs (as diffusers' pipelines do for guidance_scale <= 1).
     """
-    if not isinstance(scale, torch.Tensor) and scale == 1:
+    if cfg_passes(scale) == 1:
         return pipe.unet_eps(latents, t, cond)
     eps = pipe.unet_eps(torch.cat([latents, latents]), t, torch.cat([uncond, cond]))
     eps_uncond, eps_cond = eps.chunk(2)

@@ -59,16 +59,6 @@ def tiny_pipe(tiny_model_cfg):
 
 
 @pytest.fixture
-def one_thread():
-    """Single-threaded torch for the block (the tiny UNet is fastest so on a shared CPU); use with
-    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def pipe(tiny_model_cfg):
     """The tiny pipeline with the hand-built DDIM (steps_offset 0) the NTI configs use."""
     from bench.models import load_pipeline
@@ -83,6 +73,16 @@ def source_image() -> torch.Tensor:
     disk = ((x - 0.2) ** 2 + (y + 0.1) ** 2 < 0.25).float()
     image = torch.stack([0.8 * disk - 0.4 * (1 - disk), 0.5 * x, -0.6 * disk + 0.3 * y])
     return image.clamp(-1, 1).unsqueeze(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models
+    gain nothing from more, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -215,3 +215,20 @@ def add_metric(results: Path, key: str, metric_id: str, value: float | None, sca
     write_json(records.metric_record_path(results, metric_id, key),
                {"edit_key": key, "metric_id": metric_id, "value": value, "display_scale": scale,
                 "higher_is_better": higher})
+
+
+@pytest.fixture(scope="module")
+def contract_pipe(tiny_model_cfg):
+    """The tiny pipeline for the method contract (tests/method_contract.py), hand-built DDIM (offset 0)."""
+    from bench.models import load_pipeline
+
+    return load_pipeline(tiny_model_cfg, SCHEDULER_OFFSET0)
+
+
+@pytest.fixture(scope="module")
+def contract_item(contract_pipe, tmp_path_factory):
+    """One written edit item and its source tensor at the contract pipeline's resolution."""
+    from bench.perf.setup import source_tensor, write_item
+
+    item = write_item(tmp_path_factory.mktemp("contract-item"), contract_pipe.resolution)
+    return item, source_tensor(item, contract_pipe.resolution, contract_pipe.device, contract_pipe.dtype)

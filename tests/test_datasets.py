@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO_ROOT, SHARED_DATA, write_imagenet_r_tree, write_pie_fixture
 from PIL import Image
 
 from bench.data.ef_yaml import EFExamples
@@ -21,7 +22,6 @@ from bench.data.item import ItemError
 from bench.data.manifest import ManifestDataset, ManifestError, load_manifest, manifest_path
 from bench.data.pie_bench import EDITING_TYPES, PIEBench, decode_rle_mask
 from bench.data.zero_shot import ZeroShotI2IT, source_md_hashes
-from tests.conftest import REPO_ROOT, SHARED_DATA, write_imagenet_r_tree, write_pie_fixture
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data folder absent: {SHARED_DATA}")
 PNP_YAML = SHARED_DATA / "modified_imagenet_r_ti2i/benchmarks/ImageNetR-TI2I/imnetr-ti2i-source-prompt.yaml"

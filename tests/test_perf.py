@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,19 +16,12 @@ from bench.models import build_scheduler
 from bench.perf import reference_loops
 from bench.perf.grid import grid_specs, run_grid
 from bench.perf.measure import UNetLatency, measure_unet_timings, model_seconds, overhead_ratio
-from bench.perf.run import EQUAL_ATOL
-from bench.perf.setup import method_labels, method_spec, override_steps, source_tensor, write_item
+from bench.perf.report import method_rows
+from bench.perf.run import EQUAL_ATOL, compare_with_baseline, failed_result
+from bench.perf.setup import MethodSpec, method_labels, method_spec, override_steps, source_tensor, write_item
 
 STEPS, INNER = 4, 2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +78,15 @@ def test_override_steps_keeps_the_skip_fraction():
 
 @pytest.mark.parametrize("label", method_labels())
 def test_baseline_and_method_agree(label, perf_pipe, perf_item):
-    """Every method config has a reference-shaped baseline; in fp32 their outputs agree (max |Δ| within
-    1e-4·max(1, max|ref|)) while the baseline calls the UNet in its own shape."""
+    """Every method config whose class opted in to a reference-shaped baseline agrees with it in fp32
+    (max |Δ| within 1e-4·max(1, max|ref|)) while the baseline calls the UNet in its own shape; a config
+    whose class has none is one of those documented as such."""
     item, image = perf_item
     spec = method_spec(label, "tiny_random", STEPS, INNER)
     perf_pipe.scheduler = build_scheduler(spec.scheduler_cfg)
     pair = reference_loops.pair_for(spec.method, label)
-    assert pair is not None, f"{label} has no reference-shaped baseline"
+    if pair is None:
+        pytest.skip(f"{label}: {reference_loops.NO_REFERENCE_LOOP} (opt-in)")
     counter = perf_pipe.counter
     before = counter.snapshot()
     ours = pair.method_run(perf_pipe, image, item)
@@ -106,6 +103,27 @@ def test_baseline_and_method_agree(label, perf_pipe, perf_item):
         assert sum(their_calls["forward_calls_by_batch"].values()) == 2 * sum(
             ours_calls["forward_calls_by_batch"].values())
         assert their_calls["nfe"] == ours_calls["nfe"]
+
+
+def test_a_subclass_does_not_inherit_its_parents_baseline(perf_pipe, perf_item):
+    """Baselines are opt-in per exact class: a method built on DDIM + P2P gets no baseline (an
+    isinstance dispatch used to pair it with ddim_p2p's loop, whose output differs) and the report
+    says it has no reference-shaped loop."""
+    from methods.ddim_p2p import DDIMP2P
+
+    @dataclass
+    class SourceWeightedP2P(DDIMP2P):
+        name = "source_weighted_p2p"
+
+    item, image = perf_item
+    parent = method_spec("ddim_p2p", "tiny_random", STEPS)
+    child = MethodSpec("source_weighted_p2p", SourceWeightedP2P(num_steps=STEPS), parent.scheduler_cfg, {})
+    assert reference_loops.pair_for(parent.method, "ddim_p2p") is not None
+    assert compare_with_baseline(perf_pipe, child, image, item, repeats=1, seed=0) is None
+    rows = method_rows(SimpleNamespace(methods=[
+        failed_result("source_weighted_p2p", STEPS, RuntimeError("x")),
+        replace(failed_result("source_weighted_p2p", STEPS, RuntimeError("x")), has_reference_loop=False)]))
+    assert [row["baseline_calls"] for row in rows] == ["-", reference_loops.NO_REFERENCE_LOOP]
 
 
 def test_baseline_comparison_detects_a_different_edit(perf_pipe, perf_item):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SCHEDULER_OFFSET0, SCHEDULER_OFFSET1
 from diffusers import DDIMScheduler
 
 from methods import steps
-from tests.conftest import SCHEDULER_OFFSET0, SCHEDULER_OFFSET1
 
 
 def spec_alpha_bar(scheduler, t: int) -> torch.Tensor:

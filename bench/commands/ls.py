@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from bench.config import CONF_DIR, group_options
+from bench.config import config_file, group_options
 
 GROUPS = {"methods": "method", "datasets": "dataset", "metrics": "metrics", "experiments": "experiment",
           "models": "model", "schedulers": "scheduler", "loggers": "logger", "launchers": "launcher"}
@@ -12,7 +12,7 @@ GROUPS = {"methods": "method", "datasets": "dataset", "metrics": "metrics", "exp
 
 def _summary(group: str, name: str) -> str:
     """The first comment line of the yaml (its one-line description), else its _target_."""
-    text = (CONF_DIR / group / f"{name}.yaml").read_text(encoding="utf-8")
+    text = config_file(group, name).read_text(encoding="utf-8")
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#") and not stripped.startswith("# @package"):

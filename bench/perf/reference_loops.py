@@ -24,6 +24,9 @@ max |Δ| ≤ 1e-4) and the time ratio measures the loop shape alone. What each b
 - **no inversion reuse**: every baseline run inverts again (the grid comparison in ``bench.perf.grid``
   measures what reuse saves).
 
+Baselines are opt-in per exact method class (``reference_loop_builders``): a method without one,
+subclasses included, is reported as having no reference-shaped loop, never paired with its parent's.
+
 Which shape a DDIM config gets: presets named ``*_ef`` (the EF repo's ``ddim``/``p2pddim`` modes) get
 the EF repo's shape, the others the P2P/NTI notebooks'.
 """
@@ -49,6 +52,7 @@ from methods.steps import (
     q_transition,
 )
 
+NO_REFERENCE_LOOP = "no reference-shaped loop"  # what bench perf reports for a method without one
 STORE_SD_RESOLUTION = 32  # P2P AttentionStore keeps maps with ≤ 32² queries (SD size)
 
 
@@ -391,46 +395,67 @@ class Pair:
     compares: str  # what the tensors are ("final latents" or "decoded image")
 
 
-def pair_for(method, label: str, seed: int = 0) -> Pair | None:
-    """The method/baseline pair for a method instance (None when no baseline exists for its class).
-
-    Both sides get generators seeded identically (inversion: ``seed``, edit: ``seed + 1``)."""
+def reference_loop_builders() -> dict[type, Callable]:
+    """The methods that opted in to a reference-shaped baseline: exact class → ``(method, label, generators)
+    -> Pair``. Keyed by the exact class, so a subclass (a new method built on DDIM + P2P, say) never
+    inherits its parent's baseline: it has none until it registers one here."""
+    from bench.perf.reference_inversion_p2p import direct_inversion_reference, negative_prompt_reference
     from methods.ddim import DDIM
     from methods.ddim_p2p import DDIMP2P
-    from methods.ddpm_noise_space import DDPMNoiseSpaceMethod
+    from methods.ddpm_naive import NaiveDDPM
+    from methods.direct_inversion_p2p import DirectInversionP2P
+    from methods.ef_ddpm import EFDDPM
+    from methods.ef_ddpm_p2p import EFDDPMP2P
+    from methods.negative_prompt_p2p import NegativePromptP2P
+    from methods.null_text_p2p import NullTextP2P
     from methods.sdedit import SDEdit
+    from methods.stylediffusion_p2plus import StyleDiffusionP2Plus
 
-    def generators():
-        return torch.Generator("cpu").manual_seed(seed), torch.Generator("cpu").manual_seed(seed + 1)
+    def latents_pair(reference: Callable) -> Callable:
+        return lambda method, label, generators: Pair(
+            lambda pipe, image, item: method_latents(method, generators, pipe, image, item),
+            lambda pipe, image, item: reference(pipe, method, image, item, label), "final latents")
 
-    def method_latents(pipe, image, item):
-        g_invert, _ = generators()
-        inversion = method.invert(pipe, image, item.source_prompt, g_invert)
-        return method.edit_latents(pipe, inversion, item)
+    def ef_pair(method, label, generators):
+        return Pair(lambda pipe, image, item: method_latents(method, generators, pipe, image, item),
+                    lambda pipe, image, item: ef_reference(pipe, method, image, item, label, generators()[0]),
+                    "final latents")
 
-    if isinstance(method, SDEdit):
+    def sdedit_pair(method, label, generators):
         def method_image(pipe, image, item):
             g_invert, g_edit = generators()
             return method.edit(pipe, method.invert(pipe, image, item.source_prompt, g_invert), item, g_edit)
 
         return Pair(method_image, lambda pipe, image, item: sdedit_reference(pipe, method, image, item, label,
                                                                              generators()[1]), "decoded image")
-    if isinstance(method, DDPMNoiseSpaceMethod):
-        return Pair(method_latents, lambda pipe, image, item: ef_reference(pipe, method, image, item, label,
-                                                                           generators()[0]), "final latents")
-    if isinstance(method, DDIMP2P):
-        return Pair(method_latents, lambda pipe, image, item: ddim_p2p_reference(pipe, method, image, item, label),
-                    "final latents")
-    if isinstance(method, DDIM):
-        return Pair(method_latents, lambda pipe, image, item: ddim_reference(pipe, method, image, item, label),
-                    "final latents")
-    from methods.null_text_p2p import NullTextP2P
-    from methods.stylediffusion_p2plus import StyleDiffusionP2Plus
 
-    if type(method) is NullTextP2P:
-        return Pair(method_latents, lambda pipe, image, item: null_text_reference(pipe, method, image, item, label),
-                    "final latents")
-    if type(method) is StyleDiffusionP2Plus:
-        return Pair(method_latents, lambda pipe, image, item: stylediffusion_reference(
-            pipe, method, image, item, label, generators()[0]), "final latents")
-    return None
+    def stylediffusion_pair(method, label, generators):
+        return Pair(lambda pipe, image, item: method_latents(method, generators, pipe, image, item),
+                    lambda pipe, image, item: stylediffusion_reference(pipe, method, image, item, label,
+                                                                       generators()[0]), "final latents")
+
+    return {SDEdit: sdedit_pair, EFDDPM: ef_pair, NaiveDDPM: ef_pair, EFDDPMP2P: ef_pair,
+            DDIM: latents_pair(ddim_reference), DDIMP2P: latents_pair(ddim_p2p_reference),
+            NullTextP2P: latents_pair(null_text_reference), StyleDiffusionP2Plus: stylediffusion_pair,
+            NegativePromptP2P: latents_pair(negative_prompt_reference),
+            DirectInversionP2P: latents_pair(direct_inversion_reference)}
+
+
+def method_latents(method, generators: Callable, pipe, image, item) -> torch.Tensor:
+    g_invert, _ = generators()
+    return method.edit_latents(pipe, method.invert(pipe, image, item.source_prompt, g_invert), item)
+
+
+def pair_for(method, label: str, seed: int = 0) -> Pair | None:
+    """The method/baseline pair, or None when the method's exact class has no reference-shaped loop
+    (``reference_loop_builders``; ``bench perf`` then reports "no reference-shaped loop").
+
+    Both sides get generators seeded identically (inversion: ``seed``, edit: ``seed + 1``)."""
+    builder = reference_loop_builders().get(type(method))
+    if builder is None:
+        return None
+
+    def generators():
+        return torch.Generator("cpu").manual_seed(seed), torch.Generator("cpu").manual_seed(seed + 1)
+
+    return builder(method, label, generators)

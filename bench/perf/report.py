@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from bench.io import atomic_path
+from bench.perf.reference_loops import NO_REFERENCE_LOOP
 
 METHOD_COLUMNS = ["method", "steps", "nfe_fwd", "nfe_bwd", "calls_by_batch", "wall_s", "invert_s", "edit_s",
                   "t_unet_ms", "unet_model_s", "overhead", "cpu_s", "overhead_cpu", "peak_mem_mb", "mem_increase_mb",
@@ -27,6 +28,11 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def baseline_absent(result) -> str:
+    """The baseline cell of a method without a comparison: not run, or no reference-shaped loop (opt-in)."""
+    return NO_REFERENCE_LOOP if result.has_reference_loop is False else "-"
+
+
 def method_rows(report) -> list[dict]:
     rows = []
     for m in report.methods:
@@ -42,7 +48,7 @@ def method_rows(report) -> list[dict]:
             "unet_model_s": m.model_seconds, "overhead": m.overhead, "cpu_s": m.cpu_seconds,
             "overhead_cpu": m.overhead_cpu, "peak_mem_mb": m.peak_memory_bytes / 2**20,
             "mem_increase_mb": m.memory_increase_bytes / 2**20,
-            "baseline_calls": _calls(base["reference_calls"]) if base else "-",
+            "baseline_calls": _calls(base["reference_calls"]) if base else baseline_absent(m),
             "baseline_s": base.get("reference_seconds"), "method_s": base.get("method_seconds"),
             "speedup_vs_baseline": base.get("speedup"), "speedup_cpu": base.get("speedup_cpu"), "max_abs_diff": base.get("max_abs_diff"),
             "equal": base.get("equal"), "error": m.error or "",

@@ -89,6 +89,7 @@ class MethodResult:
     cpu_model_seconds: float = math.nan
     overhead_cpu: float | None = None  # CPU only: process CPU seconds / Σ calls·CPU t_UNet (load-robust)
     baseline: dict | None = None
+    has_reference_loop: bool | None = None  # None: baselines not run; False: the method has none (opt-in)
     error: str | None = None
 
     def as_dict(self) -> dict:
@@ -246,10 +247,11 @@ def bench_method(pipe, spec, item, image, work_dir: Path, options: PerfOptions, 
     cpu_latency = average_latency(timings_before.cpu, timings_after.cpu)
     denominator = model_seconds(forward_calls, backward_calls, latency)
     cpu_denominator = model_seconds(forward_calls, backward_calls, cpu_latency)
-    baseline = None
+    baseline, has_reference_loop = None, None
     if options.baselines:
         baseline = compare_with_baseline(pipe, spec, image, item, options.compare_repeats, options.seed,
                                          reference_pipe)
+        has_reference_loop = baseline is not None
     return MethodResult(
         label=spec.label, steps=steps_of(spec), nfe=spent["nfe"], nfe_backward=spent["nfe_backward"],
         forward_calls=forward_calls, backward_calls=backward_calls, wall_seconds=wall,
@@ -258,7 +260,8 @@ def bench_method(pipe, spec, item, image, work_dir: Path, options: PerfOptions, 
         overhead=wall / denominator if denominator > 0 else math.inf,
         cpu_seconds=cpu, cpu_latency=cpu_latency.as_dict(), cpu_model_seconds=cpu_denominator,
         overhead_cpu=cpu / cpu_denominator if pipe.device.type == "cpu" and cpu_denominator > 0 else None,
-        peak_memory_bytes=memory.peak_bytes, memory_increase_bytes=memory.increase_bytes, baseline=baseline)
+        peak_memory_bytes=memory.peak_bytes, memory_increase_bytes=memory.increase_bytes, baseline=baseline,
+        has_reference_loop=has_reference_loop)
 
 
 def failed_result(label: str, steps, err: Exception) -> MethodResult:
@@ -306,7 +309,8 @@ def run_perf(options: PerfOptions, log=print) -> PerfReport:
                     f"overhead {result.overhead:.3f}"
                     + (f" (CPU time: {result.overhead_cpu:.3f})" if result.overhead_cpu is not None else "")
                     + (f", baseline ×{result.baseline['speedup']:.2f} (Δ {result.baseline['max_abs_diff']:.2g})"
-                       if result.baseline else ""))
+                       if result.baseline else "")
+                    + (f", {reference_loops.NO_REFERENCE_LOOP}" if result.has_reference_loop is False else ""))
             report.methods.append(result)
         if options.grid:
             log(f"[perf] grid: {options.grid_method} {len(options.grid_skip)}×{len(options.grid_cfg)} ...")
