@@ -178,6 +178,7 @@ def fake_scores(results: Path) -> int:
     return n
 
 
+@pytest.mark.slow  # a CLI multirun + `bench report` in subprocesses; the in-process run of every experiment stays
 @needs_zero_shot
 def test_tradeoff_experiment_multirun_end_to_end_on_tiny_model(tmp_path):
     """`bench experiment=ef_ddpm_tradeoff_zero_shot debug=limit` restricted to 2 SDEdit grid points × 1 item:

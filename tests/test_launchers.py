@@ -30,6 +30,7 @@ def comparable(table):
     return table.drop(columns=["s/item"]).sort_values(["method", "point"]).reset_index(drop=True)
 
 
+@pytest.mark.slow  # two CLI multiruns (6 jobs): ~105 s on 2 shared cores
 def test_joblib_multirun_over_methods_and_shards_merges_into_the_sequential_table(tmp_path):
     data = write_yaml_dataset((tmp_path / "data").mkdir() or tmp_path / "data", n_images=2)
     # one intra-op thread in every job: CPU kernels reduce in thread-count-dependent order, and joblib

@@ -110,6 +110,7 @@ def test_multirun_sweep_has_one_table_row_per_point(tmp_path):
     assert (tmp_path / "results" / "tables" / "summary.md").is_file()
 
 
+@pytest.mark.slow  # a killed CLI run of 10 items × 40 steps, then the resume: ~60 s
 def test_sigkill_mid_sweep_then_resume_recomputes_nothing_finished(tmp_path):
     data = write_yaml_dataset((tmp_path / "data").mkdir() or tmp_path / "data", n_images=10)
     results = tmp_path / "results"
