@@ -15,6 +15,7 @@ import yaml
 from conftest import REPO_ROOT, SHARED_DATA, write_imagenet_r_tree, write_pie_fixture
 from PIL import Image
 
+from bench.config import group_options
 from bench.data.ef_yaml import EFExamples
 from bench.data.folder import FolderDataset
 from bench.data.imagenet_r import CLASS_WNIDS, ImageNetRTI2I, build_manifest
@@ -153,23 +154,29 @@ def test_ef_examples_shared_and_cache_give_the_same_items(tmp_path, no_network):
         EFExamples(root=str(tmp_path / "absent")).items()
 
 
-@needs_shared
-def test_dataset_configs_instantiate(tmp_path, monkeypatch):
+SHARED_ITEM_COUNTS = {"zero_shot_i2it": 18, "ef_examples": 4}  # datasets whose items come from ../shared/data
+
+
+@pytest.mark.parametrize("name", group_options("dataset"))
+def test_dataset_config_instantiates(name, tmp_path, monkeypatch):
+    """Every file of conf/dataset/ instantiates its Dataset (discovered: a new config is tested too)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from bench.data.base import Dataset
 
     monkeypatch.setenv("EDITBENCH_SHARED_DATA", str(SHARED_DATA))
     monkeypatch.setenv("EDITBENCH_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("EDITBENCH_CACHE", str(tmp_path / "cache"))
     paths = OmegaConf.load(REPO_ROOT / "conf/paths/default.yaml")
-    for name in ("imagenet_r_ti2i", "zero_shot_i2it", "ef_examples", "folder", "pie_bench"):
-        cfg = OmegaConf.create({"paths": paths, "run_name": "t",
-                                "dataset": OmegaConf.load(REPO_ROOT / f"conf/dataset/{name}.yaml")})
-        params = OmegaConf.to_container(cfg.dataset, resolve=True)
-        assert params.pop("shard") == 0 and params.pop("num_shards") == 1
-        dataset = instantiate(params)
-        if name in ("zero_shot_i2it", "ef_examples"):
-            assert len(dataset.items()) == {"zero_shot_i2it": 18, "ef_examples": 4}[name]
+    cfg = OmegaConf.create({"paths": paths, "run_name": "t",
+                            "dataset": OmegaConf.load(REPO_ROOT / f"conf/dataset/{name}.yaml")})
+    params = OmegaConf.to_container(cfg.dataset, resolve=True)
+    assert params.pop("shard") == 0 and params.pop("num_shards") == 1
+    dataset = instantiate(params)
+    assert isinstance(dataset, Dataset) and dataset.name
+    if name in SHARED_ITEM_COUNTS and SHARED_DATA.is_dir():
+        assert len(dataset.items()) == SHARED_ITEM_COUNTS[name]
 
 
 # ---------------------------------------------------------------------------------------------- PIE-Bench

@@ -1,5 +1,5 @@
 """Experiment configs (conf/experiment/*.yaml): every file composes and instantiates for every method of
-its sweep (a case skips, saying which, only while a config it references has not landed yet); the
+its sweep (a referenced config that is missing fails the case, naming the file); the
 trade-off grids resolve at every point; `debug=limit` shrinks any experiment; and experiments run end to
 end on the tiny random model on CPU, producing tables, plot and report."""
 
@@ -17,7 +17,7 @@ import yaml
 from conftest import REPO_ROOT, SHARED_DATA, compose_config, write_imagenet_r_tree, write_pie_fixture
 
 from bench import records
-from bench.config import CONF_DIR
+from bench.config import CONF_DIR, group_options
 from bench.io import write_json
 from bench.runner import dataset_from_config, method_from_config
 from bench.tables import summary_table
@@ -74,10 +74,10 @@ def method_override(name: str, option: str) -> str:
     return f"method={option}" if key == "method" else f"{key if key.startswith('+') else '+' + key}={option}"
 
 
-def skip_if_missing(name: str, option: str) -> None:
+def assert_references_exist(name: str, option: str) -> None:
+    """A config the case references must exist: a deleted or misspelt one fails, naming the file."""
     missing = [str(p.relative_to(REPO_ROOT)) for p in referenced_configs(name, option) if not p.is_file()]
-    if missing:
-        pytest.skip(f"experiment {name} / {option}: referenced configs not there yet: {missing}")
+    assert not missing, f"experiment {name} / {option} references missing configs: {missing}"
 
 
 CASES = [(name, option) for name in EXPERIMENTS for option in method_axis(name)[1]]
@@ -95,12 +95,15 @@ def test_the_published_evaluations_each_have_an_experiment():
 
 @pytest.mark.parametrize("name,option", CASES, ids=[f"{n}-{o}" for n, o in CASES])
 def test_experiment_composes_and_instantiates(name, option, tmp_path):
-    skip_if_missing(name, option)
+    assert_references_exist(name, option)
     cfg = compose_config([f"experiment={name}", method_override(name, option)], tmp_path)
     assert cfg.run_name == name
     assert cfg.hydra.mode.name == "MULTIRUN"
     method, scheduler = method_from_config(cfg.method)
-    assert cfg.hydra.runtime.choices["method"] == method.name or (CONF_DIR / "method" / f"{option}.yaml").is_file()
+    choice = cfg.hydra.runtime.choices["method"]
+    assert choice in group_options("method"), f"{name} / {option}: method={choice} is not a conf/method file"
+    if method_axis(name)[0] == "method":
+        assert choice == option
     assert scheduler["num_train_timesteps"] == 1000
     dataset, shard, num_shards = dataset_from_config(cfg.dataset)
     assert (shard, num_shards) == (0, 1) and dataset.name
@@ -117,7 +120,7 @@ TRADEOFF_CASES = [(name, option) for name, option in CASES if "tradeoff" in meth
 
 @pytest.mark.parametrize("name,option", TRADEOFF_CASES, ids=[f"{n}-{o}" for n, o in TRADEOFF_CASES])
 def test_tradeoff_grid_resolves_at_every_point_and_contains_the_default(name, option, tmp_path):
-    skip_if_missing(name, option)
+    assert_references_exist(name, option)
     params = sweep_params(name)
     sizes = {axis: len(range(*map(int, re.match(r"range\((\d+),\s*(\d+)\)", params[f"tradeoff.{axis}"]).groups())))
              for axis in ("i", "j")}
@@ -144,11 +147,7 @@ def test_tradeoff_grid_resolves_at_every_point_and_contains_the_default(name, op
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_debug_limit_shrinks_any_experiment(name, tmp_path):
     option = method_axis(name)[1][0]
-    needed = [p for p in referenced_configs(name, option) if p.parent.name not in ("model", "metrics")]
-    if any(not p.is_file() for p in needed):
-        pytest.skip(f"experiment {name}: referenced configs not there yet: {[str(p) for p in needed if not p.is_file()]}")
-    if not (CONF_DIR / "metrics" / "toy.yaml").is_file():
-        pytest.skip("conf/metrics/toy.yaml (debug metrics) not there yet")
+    assert_references_exist(name, option)
     cfg = compose_config([f"experiment={name}", "debug=limit", method_override(name, option)], tmp_path)
     assert cfg.model.name == "tiny_random" and cfg.limit == 2 and cfg.runtime.device == "cpu"
     assert cfg.hydra.runtime.choices["metrics"] == "toy"
@@ -182,6 +181,7 @@ def fake_scores(results: Path) -> int:
     return n
 
 
+@pytest.mark.slow  # a CLI multirun + `bench report` in subprocesses; the in-process run of every experiment stays
 @needs_zero_shot
 def test_tradeoff_experiment_multirun_end_to_end_on_tiny_model(tmp_path):
     """`bench experiment=ef_ddpm_tradeoff_zero_shot debug=limit` restricted to 2 SDEdit grid points × 1 item:
@@ -210,13 +210,6 @@ def test_tradeoff_experiment_multirun_end_to_end_on_tiny_model(tmp_path):
     assert (results / "plots" / "tradeoff.png").stat().st_size > 1000 and (results / "plots" / "tradeoff.pdf").is_file()
     assert "lpips_alex ↓" in (results / "tables" / "summary.md").read_text()
     assert "CLIP vs LPIPS" in (results / "report" / "index.html").read_text()
-
-
-def toy_metrics_ready() -> str | None:
-    evaluators = REPO_ROOT / "bench" / "toyworld" / "weights" / "evaluators"
-    if not (CONF_DIR / "metrics" / "toy.yaml").is_file() or not evaluators.is_dir():
-        return "toy metrics (conf/metrics/toy.yaml + committed evaluators) not there yet"
-    return None
 
 
 def experiment_dataset(name: str) -> str:
@@ -251,9 +244,7 @@ def test_every_experiment_end_to_end_with_debug_limit(name, tmp_path):
     option = "sdedit"
     if option not in method_axis(name)[1]:
         pytest.skip(f"{name} has no sdedit job")
-    skip_if_missing(name, option)
-    if reason := toy_metrics_ready():
-        pytest.skip(reason)
+    assert_references_exist(name, option)
     dataset = experiment_dataset(name)
     if dataset == "zero_shot_i2it" and not (SHARED_DATA / "modified_zero_shot_i2it").is_dir():
         pytest.skip("../shared/data/modified_zero_shot_i2it absent")

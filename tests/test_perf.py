@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.models import build_scheduler
-from bench.perf import reference_loops
+from bench.perf import reference_hooks, reference_loops
 from bench.perf.grid import grid_specs, run_grid
 from bench.perf.measure import UNetLatency, measure_unet_timings, model_seconds, overhead_ratio
 from bench.perf.report import method_rows
@@ -155,7 +155,7 @@ def test_reference_attention_is_explicit_everywhere(perf_pipe, perf_item):
 
     layers = list(attention_layers(perf_pipe.unet).values())
     inner = Counting()
-    proxy = reference_loops.ReferenceAttention(inner, 1)
+    proxy = reference_hooks.ReferenceAttention(inner, 1)
     assert all(proxy.needs_probabilities(layer) for layer in layers)
     proxy.unconditional_pass = True
     probs = torch.rand(1, 2, 4, 4)

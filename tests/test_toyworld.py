@@ -147,7 +147,7 @@ def test_toy_shapes_suite_has_48_items_with_files_and_is_byte_stable(tmp_path):
 
 def test_toy_shapes_suite_is_disjoint_from_training_pools():
     from bench.data.toy_shapes import SUITE_NAMESPACE
-    from bench.toyworld import train
+    from bench.toyworld.train import common as train
 
     assert SUITE_NAMESPACE not in {train.POOL_GENERATOR, train.POOL_EVALUATOR, train.HELDOUT}
     suite = g.sample_scenes((0, SUITE_NAMESPACE), 48)

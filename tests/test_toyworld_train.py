@@ -69,7 +69,7 @@ def test_report_runs_on_trained_weights(trained):
 @pytest.mark.parametrize("stage", ["unet", "eval_alex"])
 def test_stopped_and_resumed_training_equals_uninterrupted(trained, tmp_path, stage):
     """Kill-equivalent: stop at the first checkpoint (--max-minutes 0), run the same command again."""
-    from bench.toyworld.train import Checkpoint, TrainConfig
+    from bench.toyworld.train.common import Checkpoint, TrainConfig
 
     steps = {k: (4 if k == stage.replace("_", "-") else v) for k, v in STEPS.items()}
     weights = tmp_path / "weights"

@@ -14,7 +14,7 @@ from PIL import Image
 from bench.data.item import EditItem
 from bench.metrics.base import MetricInput
 from bench.toyworld import evaluators as ev
-from bench.toyworld.train import WEIGHTS_DIR
+from bench.toyworld.evaluators import WEIGHTS_DIR
 
 SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
              "set_alpha_to_one": False, "steps_offset": 1}

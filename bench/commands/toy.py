@@ -18,7 +18,7 @@ def _default_out() -> Path:
 
 
 def _config(args):
-    from bench.toyworld.train import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS, STAGES, TrainConfig
+    from bench.toyworld.train.common import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS, STAGES, TrainConfig
 
     steps, batch, lr = dict(DEFAULT_STEPS), dict(DEFAULT_BATCH), dict(DEFAULT_LR)
     for stage in STAGES:
@@ -40,7 +40,7 @@ def _threads(args) -> None:
 
 
 def train(args) -> int:
-    from bench.toyworld.train import run
+    from bench.toyworld.train.stages import run
 
     _threads(args)
     report = run(_config(args), args.stage, from_weights=args.from_weights)
@@ -62,7 +62,7 @@ def report(args) -> int:
 
 
 def _common(parser) -> None:
-    from bench.toyworld.train import WEIGHTS_DIR
+    from bench.toyworld.evaluators import WEIGHTS_DIR
 
     parser.add_argument("--out", default=str(_default_out()), help="checkpoints, render pools, logs")
     parser.add_argument("--weights", default=str(WEIGHTS_DIR), help="where final weights are exported/read")
@@ -80,7 +80,7 @@ def _common(parser) -> None:
 
 
 def register(subparsers) -> None:
-    from bench.toyworld.train import STAGE_GROUPS, STAGES
+    from bench.toyworld.train.common import STAGE_GROUPS, STAGES
 
     parser = subparsers.add_parser("toy", help="train / report the toy world's networks")
     sub = parser.add_subparsers(dest="toy_command", required=True)

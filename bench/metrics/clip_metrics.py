@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
+from bench.images import to_pil, to_uint8
 from bench.metrics.backbones import HfClipBackbone, OpenClipBackbone
 from bench.metrics.base import Metric, MetricInput
-from bench.metrics.common import NAN, strip_brackets, to_pil, to_uint8
+from bench.metrics.common import NAN, strip_brackets
 
 
 def _features(output: Any) -> torch.Tensor:

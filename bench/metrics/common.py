@@ -1,7 +1,7 @@
 """Shared pieces of the metric implementations: image conversions and item predicates.
 
 Image conventions: ``MetricInput`` images are (3, H, W) in [-1, 1] at the model resolution and come
-from 8-bit PNGs, so ``to_uint8`` (round((x + 1)·127.5)) recovers the exact stored bytes that the
+from 8-bit PNGs, so ``bench.images.to_uint8`` (round((x + 1)·127.5)) recovers the exact stored bytes that the
 references read with ``np.array(Image.open(...))``.
 """
 
@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.images import to_pil, to_uint8  # noqa: F401  (the metrics' image conversions)
 from bench.metrics.base import MetricInput
 
 NAN = math.nan

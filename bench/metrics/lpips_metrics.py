@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from bench.images import to_uint8
+from bench.images import to_pil, to_uint8
 from bench.metrics.backbones import LpipsBackbone, PipelineSource
 from bench.metrics.base import Metric, MetricInput
-from bench.metrics.common import NAN, is_reconstruction, pil_to_unit_tensor, to_pil
+from bench.metrics.common import NAN, is_reconstruction, pil_to_unit_tensor
 from bench.metrics.ns_mask import BlendWordError, MaskCache, stylediffusion_background_mask
 
 log = logging.getLogger(__name__)

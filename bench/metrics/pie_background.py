@@ -27,9 +27,10 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchmetrics.functional.regression import mean_squared_error
 
+from bench.images import to_uint8
 from bench.metrics.backbones import LpipsBackbone
 from bench.metrics.base import Metric, MetricInput
-from bench.metrics.common import NAN, is_reconstruction, to_uint8
+from bench.metrics.common import NAN, is_reconstruction
 
 
 def unit_from_png(image: torch.Tensor) -> torch.Tensor:

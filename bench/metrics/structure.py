@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from bench.images import to_uint8
 from bench.metrics.backbones import TimmVitBackbone
 from bench.metrics.base import Metric, MetricInput
-from bench.metrics.common import to_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.perf.reference_loops import ReferenceAttention, batched_cfg, ddim_inversion_reference, text2image_reference
+from bench.perf.reference_hooks import ReferenceAttention, batched_cfg
+from bench.perf.reference_loops import ddim_inversion_reference, text2image_reference
 from methods.p2p import attention_control
 from methods.steps import ddim_inversion_step, ddim_step
 

@@ -3,8 +3,9 @@ methods spec (§2), run on the same pipeline and inputs as the harness's methods
 
 A baseline differs from its method only in how the UNet is called and what is recomputed, never in
 the formulas: step math comes from ``methods.steps`` and the attention edits from the same
-controller objects. So in fp32 the final latents agree to rounding (``bench perf`` asserts
-max |Δ| ≤ 1e-4) and the time ratio measures the loop shape alone. What each baseline re-states:
+controller objects (the shared call shapes are in ``bench.perf.reference_hooks``). So in fp32 the
+final latents agree to rounding (``bench perf`` asserts max |Δ| ≤ 1e-4) and the time ratio measures
+the loop shape alone. What each baseline re-states:
 
 - **explicit attention everywhere**: the references' ``register_attention_control`` replaces every
   attention layer's forward by an explicit softmax(QKᵀ) that is handed to the controller, on every
@@ -40,7 +41,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from methods.p2p import AttentionController, AttentionStore, attention_control, sd_equivalent_resolution
+from bench.perf.reference_hooks import ReferenceAttention, batched_cfg, reference_store, separate_cfg
+from methods.p2p import AttentionController, attention_control, sd_equivalent_resolution
 from methods.steps import (
     classifier_free_guidance,
     ddim_inversion_step,
@@ -53,65 +55,6 @@ from methods.steps import (
 )
 
 NO_REFERENCE_LOOP = "no reference-shaped loop"  # what bench perf reports for a method without one
-STORE_SD_RESOLUTION = 32  # P2P AttentionStore keeps maps with ≤ 32² queries (SD size)
-
-
-class ReferenceAttention(AttentionController):
-    """The references' attention hook: explicit probabilities in every layer, handed to ``inner``.
-
-    Layers where ``inner`` needs no probabilities are materialised and passed through unchanged (the
-    reference computes them and its controller returns them as they are). ``unconditional_pass=True``
-    marks a separate ∅ call (LOW_RESOURCE / EF): only ``inner.edit_unconditional`` applies (P2Plus' τ_u;
-    identity for P2P), nothing is recorded, and the value path keeps the plain context.
-    """
-
-    def __init__(self, inner: AttentionController, num_branches: int, explicit_everywhere: bool = True) -> None:
-        super().__init__(num_branches)
-        self.inner = inner
-        self.unconditional_pass = False
-        self.explicit_everywhere = explicit_everywhere
-
-    def bind(self, layers) -> None:
-        super().bind(layers)
-        self.inner.bind(layers)
-
-    def needs_probabilities(self, layer) -> bool:
-        return self.explicit_everywhere or self.inner.needs_probabilities(layer)
-
-    def value_context(self, context, layer):
-        return context if self.unconditional_pass else self.inner.value_context(context, layer)
-
-    def process(self, probs, layer):
-        if not self.inner.needs_probabilities(layer):
-            return probs
-        if self.unconditional_pass:
-            return self.inner.edit_unconditional(probs, layer)
-        return self.inner.process(probs, layer)
-
-
-def reference_store(pipe, num_branches: int) -> AttentionStore:
-    """P2P's AttentionStore as the references register it (cross and self maps ≤ 32² at SD size)."""
-    return AttentionStore(num_branches, max_resolution=sd_equivalent_resolution(pipe.unet, STORE_SD_RESOLUTION),
-                          record_self=True)
-
-
-def separate_cfg(pipe, proxy: ReferenceAttention | None, latents, t, cond, uncond, scale) -> torch.Tensor:
-    """ε̂ from two UNet calls, ∅ then c (the references' separate passes)."""
-    if proxy is not None:
-        proxy.unconditional_pass = True
-    try:
-        eps_uncond = pipe.unet_eps(latents, t, uncond)
-    finally:
-        if proxy is not None:
-            proxy.unconditional_pass = False
-    eps_cond = pipe.unet_eps(latents, t, cond)
-    return classifier_free_guidance(eps_uncond, eps_cond, scale)
-
-
-def batched_cfg(pipe, latents, t, cond, uncond, scale) -> torch.Tensor:
-    """ε̂ from one UNet call on [∅…, c…] (P2P/NTI notebooks, LOW_RESOURCE=False; diffusers)."""
-    eps_uncond, eps_cond = pipe.unet_eps(torch.cat([latents, latents]), t, torch.cat([uncond, cond])).chunk(2)
-    return classifier_free_guidance(eps_uncond, eps_cond, scale)
 
 
 # ----------------------------------------------------------------------------------------------

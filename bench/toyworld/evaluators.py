@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from bench.toyworld.generator import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES, all_captions, caption_attributes
 
-EVALUATORS_DIR = Path(__file__).parent / "weights" / "evaluators"
+WEIGHTS_DIR = Path(__file__).parent / "weights"  # the committed toy-world weights
+EVALUATORS_DIR = WEIGHTS_DIR / "evaluators"
 CLIP_NAME = "toy-clip"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

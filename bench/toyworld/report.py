@@ -17,7 +17,8 @@ import torch
 
 from bench.images import psnr
 from bench.toyworld import evaluators as ev
-from bench.toyworld.train import TrainConfig, export_dir, heldout, quality_unet
+from bench.toyworld.train.common import TrainConfig, export_dir, heldout
+from bench.toyworld.train.unet import quality_unet
 
 
 def quality_report(cfg: TrainConfig, parts=("evaluators", "vae", "generator"), grid: Path | None = None) -> dict:
@@ -31,7 +32,7 @@ def quality_report(cfg: TrainConfig, parts=("evaluators", "vae", "generator"), g
         vit = ev.load_vit(evaluators_dir)
         with torch.no_grad():
             logits = torch.cat([vit(ev.vit_pixels(images[i:i + 256])) for i in range(0, len(images), 256)])
-        from bench.toyworld.train import attribute_predict
+        from bench.toyworld.train.evaluators import attribute_predict
 
         report["toy_vit_head"] = ev.attribute_accuracy(attribute_predict(logits), labels)
     if "vae" in parts:
@@ -45,7 +46,7 @@ def quality_report(cfg: TrainConfig, parts=("evaluators", "vae", "generator"), g
     if "gen_clip" in parts:
         from transformers import CLIPModel, CLIPTokenizer
 
-        from bench.toyworld.train import quality_gen_clip
+        from bench.toyworld.train.gen_clip import quality_gen_clip
 
         model = CLIPModel.from_pretrained(export_dir(cfg, "clip") / "clip_full").eval()
         tokenizer = CLIPTokenizer.from_pretrained(export_dir(cfg, "clip") / "tokenizer")

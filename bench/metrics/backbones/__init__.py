@@ -1,6 +1,6 @@
 """Evaluator backbones: weight resolution, loading through each network's own library, counting.
 
-Resolution order for every backbone (design.md §3, conventions.md §2.4):
+Resolution order for every backbone (docs/metrics.md#backbones-and-weights):
 
 1. an explicit local path from the metric config (a file, or a folder for transformers models);
 2. the library's own cache: ``$TORCH_HOME/hub/checkpoints`` for torchvision backbones (LPIPS), the
