@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.attention import AttentionController, attention_control
-from methods.base import HyperparameterError, Inversion, check_range
-from methods.ddim import DDIM
+from methods.base import HyperparameterError, Inversion, Method, check_range
 from methods.steps import classifier_free_guidance, ddim_inversion_step, ddim_step, guided_noise
 
 DIRECTIONS_DIR = Path(__file__).resolve().parent / "pix2pix_zero_directions"
@@ -157,7 +156,9 @@ def attention_loss(maps: dict[str, torch.Tensor], reference: dict[str, torch.Ten
 
 
 @dataclass
-class Pix2PixZero(DDIM):
+class Pix2PixZero(Method):
+    """Not a DDIM subclass: its loop (and any reference-shaped baseline) is its own."""
+
     name = "pix2pix_zero"
     version = "1"
     inversion_fields = ("num_steps", "inversion_guidance_scale", "lambda_ac", "lambda_kl", "num_reg_steps",
@@ -175,7 +176,9 @@ class Pix2PixZero(DDIM):
     direction: str = "sentences"  # "sentences" (sentence sets by blend words) or "prompts"
 
     def __post_init__(self) -> None:
-        DDIM.__post_init__(self)
+        check_range(self, "num_steps", 1, 1000)
+        check_range(self, "inversion_guidance_scale", 0.0, 100.0)
+        check_range(self, "guidance_scale", 0.0, 100.0)
         check_range(self, "lambda_ac", 0.0, 1e4)
         check_range(self, "lambda_kl", 0.0, 1e4)
         check_range(self, "num_reg_steps", 0, 100)
@@ -239,3 +242,6 @@ class Pix2PixZero(DDIM):
                 edited = ddim_step(scheduler, classifier_free_guidance(eps_uncond, eps_cond, self.guidance_scale),
                                    int(t), x_pair[:rows])
         return torch.cat([reference, edited])
+
+    def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
+        return pipe.decode_latents(self.edit_latents(pipe, inversion, item))[-1]

@@ -33,8 +33,7 @@ from typing import Iterator
 
 import torch
 
-from methods.base import HyperparameterError, Inversion, check_range
-from methods.ddim import DDIM
+from methods.base import HyperparameterError, Inversion, Method, check_range
 from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_step
 
 INVERSION_PROMPTS = ("source", "empty")
@@ -96,7 +95,9 @@ class PnPInjection:
 
 
 @dataclass
-class PlugAndPlay(DDIM):
+class PlugAndPlay(Method):
+    """Not a DDIM subclass: its loop (and any reference-shaped baseline) is its own."""
+
     name = "pnp"
     version = "1"
     inversion_fields = ("num_steps", "inversion_guidance_scale", "inversion_prompt")
@@ -112,7 +113,9 @@ class PlugAndPlay(DDIM):
     attention_injection: float = 0.5  # τ_A
 
     def __post_init__(self) -> None:
-        DDIM.__post_init__(self)
+        check_range(self, "num_steps", 1, 1000)
+        check_range(self, "inversion_guidance_scale", 0.0, 100.0)
+        check_range(self, "guidance_scale", 0.0, 100.0)
         check_range(self, "feature_injection", 0.0, 1.0)
         check_range(self, "attention_injection", 0.0, 1.0)
         for name, allowed in (("inversion_prompt", INVERSION_PROMPTS), ("source_latents", SOURCE_LATENTS)):
@@ -154,3 +157,6 @@ class PlugAndPlay(DDIM):
                 else:
                     source = trajectory[self.num_steps - 1 - i]
         return torch.cat([source, target])
+
+    def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
+        return pipe.decode_latents(self.edit_latents(pipe, inversion, item))[-1]
