@@ -157,7 +157,8 @@ def test_published_numbers_files_are_complete_and_mapped():
     assert pie.loc[("Null-text + P2P", "structure_dist_pie"), "paper_scale"] == 1000
     assert pie.loc[("DDIM + P2P", "clip_score_edit_pie"), "value"] == 22.44
     mapped = set(papers["stylediffusion"]["method"]) | set(papers["pie_bench"]["method"]) - {""}
-    assert mapped - {""} == {"ddim_p2p", "sdedit", "null_text_p2p", "stylediffusion_p2plus", "stylediffusion_p2plus_pie"}
+    assert mapped - {""} == {"ddim_p2p", "sdedit", "null_text_p2p", "stylediffusion_p2plus", "stylediffusion_p2plus_pie",
+                              "pnp", "pix2pix_zero_pie"}
     conf = REPO_ROOT / "conf" / "method"
     assert all((conf / f"{m}.yaml").is_file() for m in mapped - {""})  # labels are method configs
     assert (REPO_ROOT / "results" / "paper").is_dir()
