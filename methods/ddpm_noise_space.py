@@ -1,4 +1,4 @@
-"""The DDPM-noise-space loop shared by ef_ddpm, ef_ddpm_p2p and ddpm_naive (methods spec §2.2–2.3).
+"""The DDPM-noise-space loop shared by ef_ddpm, ef_ddpm_p2p and ddpm_naive (docs/methods.md#presets).
 
 Inversion (grid t_1 < … < t_T of ``pipe.scheduler`` with T = num_steps):
   1. noise x_0 onto the grid: x̃_1..x̃_T — *how* is the subclass's choice (``noise_trajectory``):

@@ -148,7 +148,7 @@ def q_sample(scheduler, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.
 
 def q_transition(scheduler, x_prev: torch.Tensor, t_prev: int | None, t: int, noise: torch.Tensor) -> torch.Tensor:
     """x_t = √(ᾱ_t/ᾱ_{t'}) x_{t'} + √(1 − ᾱ_t/ᾱ_{t'}) ε: one step of the strided forward Markov chain
-    from t' = ``t_prev`` to t (``t_prev=None`` means x_0, ᾱ := 1). Methods spec §2.2."""
+    from t' = ``t_prev`` to t (``t_prev=None`` means x_0, ᾱ := 1). (docs/methods.md#presets)."""
     a_t = _as(alpha_bar(scheduler, t), x_prev)
     a_prev = torch.ones_like(a_t) if t_prev is None else _as(alpha_bar(scheduler, t_prev), x_prev)
     ratio = a_t / a_prev

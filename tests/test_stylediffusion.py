@@ -30,7 +30,7 @@ from test_null_text import PROMPT, one_thread, pipe  # noqa: F401  (fixtures: si
 from test_runner import ListDataset
 
 TARGET = "a red square on a blue background"
-SMALL = dict(num_steps=4, num_inner_steps=5)
+SMALL = dict(num_steps=4, num_inner_steps=5, local_blend=False, reweight=False)  # items here have no blend words
 
 
 def item(target: str = TARGET) -> EditItem:

@@ -36,6 +36,7 @@ class LpipsDistance(BaseMetric):
     """LPIPS(edited, source) with inputs in [-1, 1] at the edit resolution (lower = closer)."""
 
     id = "lpips_alex"
+    unit = "LPIPS distance"
     version = "1"
     higher_is_better = False
     display_scale = 1.0
@@ -99,6 +100,7 @@ class NsLpipsGt(BaseMetric):
     """
 
     id = "ns_lpips_gt"
+    unit = "LPIPS distance"
     version = "1"
     higher_is_better = False
     display_scale = 1.0
@@ -151,6 +153,7 @@ class NsLpipsSd(BaseMetric):
     """
 
     id = "ns_lpips_sd"
+    unit = "LPIPS distance"
     version = "1"
     higher_is_better = False
     display_scale = 1.0

@@ -25,6 +25,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "ns_lpips_sd": {"_target_": "bench.metrics.lpips_metrics.NsLpipsSd"},
     "ns_lpips_gt": {"_target_": "bench.metrics.lpips_metrics.NsLpipsGt"},
     "clip_score": {"_target_": "bench.metrics.clip_metrics.ClipScore"},
+    "clipscore_hessel": {"_target_": "bench.metrics.clipscore_hessel.ClipScoreHessel"},
     "clip_score_pie": {"_target_": "bench.metrics.clip_metrics.ClipScorePie"},
     "clip_score_edit_pie": {"_target_": "bench.metrics.clip_metrics.ClipScoreEditPie"},
     "structure_dist": {"_target_": "bench.metrics.structure.StructureDist"},

@@ -11,15 +11,15 @@ max |Δ| ≤ 1e-4) and the time ratio measures the loop shape alone. What each b
   call, whether or not the controller edits that layer (``ReferenceAttention``). The harness keeps
   the fused kernel where nothing is edited or recorded.
 - **an attention controller on every edit**: P2P's ``text2image_ldm_stable`` registers one even for
-  a plain edit, and EF-DDPM's ``our_inv`` registers an ``AttentionStore`` (spec §2.3: `main_run.py`
+  a plain edit, and EF-DDPM's ``our_inv`` registers an ``AttentionStore`` (docs/methods.md; `main_run.py`
   L94-96), which records the maps of layers ≤ 32² (SD size) at every step.
 - **separate ∅ / c passes** where the reference makes them: EF-DDPM's inversion (``inversion_utils.py``
   L139-148) and reverse process, the EF repo's CFG DDIM inversion (w = inversion_guidance_scale) and its P2P copy with
-  ``LOW_RESOURCE=True`` (spec §2.1), where the controller leaves the ∅ pass alone. The P2P/NTI notebooks
+  ``LOW_RESOURCE=True``, where the controller leaves the ∅ pass alone. The P2P/NTI notebooks
   (LOW_RESOURCE=False) batch [∅…, c…] as the harness does.
 - **Null-text inversion**: the reference recomputes ε_c together with ε_θ(z̄, t, ∅_t) in one batch-2
-  call for the z̄ update after each step's optimisation (spec §2.4); the harness reuses ε_c.
-- **SDEdit**: the reference *is* diffusers' ``StableDiffusionImg2ImgPipeline`` (spec §2.5), called as a
+  call for the z̄ update after each step's optimisation; the harness reuses ε_c.
+- **SDEdit**: the reference *is* diffusers' ``StableDiffusionImg2ImgPipeline``, called as a
   library with the same components, latents, embeddings and generator.
 - **no inversion reuse**: every baseline run inverts again (the grid comparison in ``bench.perf.grid``
   measures what reuse saves).
@@ -183,7 +183,7 @@ def ddim_p2p_reference(pipe, method, image, item, label: str) -> torch.Tensor:
 
 def ef_noised_latents(pipe, method, x0, generator) -> list[torch.Tensor]:
     """[x_0, x̃_1, …, x̃_T]: EF ``sample_xts_from_x0`` (independent noise per step, drawn for ascending t);
-    the naive DDPM space draws along the forward Markov chain instead (spec §2.2)."""
+    the naive DDPM space draws along the forward Markov chain instead (docs/methods.md)."""
     from methods.ddpm_naive import NaiveDDPM
 
     ascending = [int(t) for t in pipe.scheduler.timesteps.flip(0)]
@@ -282,7 +282,7 @@ def null_text_reference(pipe, method, image, item, label: str) -> torch.Tensor:
 
 
 def stylediffusion_reference(pipe, method, image, item, label: str, generator: torch.Generator) -> torch.Tensor:
-    """StyleDiffusion (spec §2.6): DDIM inversion recording the 16² cross maps, per-step mapping-network
+    """StyleDiffusion (docs/methods.md): DDIM inversion recording the 16² cross maps, per-step mapping-network
     training (same networks, losses and inner loop as the method), the z̄ update recomputing ε_u, all
     then P2Plus editing under the references' explicit-attention hook with LOW_RESOURCE=True (∅ and c
     passes separate, τ_u applied in the ∅ pass).
