@@ -173,3 +173,39 @@ def test_no_spec_section_citations_anywhere():
     hits = [f for f in files if (REPO_ROOT / f).suffix in {".py", ".yaml", ".md", ".csv", ".txt", ""}
             and (REPO_ROOT / f).is_file() and pattern.search((REPO_ROOT / f).read_text(errors="ignore"))]
     assert hits == []
+
+
+# ---- 8-bit conversion of edits (finding 7) ---------------------------------------------------------
+
+
+def test_edits_are_saved_with_the_references_truncation_sources_round_trip():
+    import numpy as np
+
+    from bench.data.preprocess import from_pil, to_pil
+
+    values = torch.tensor([-1.0, -0.999, 0.0, 0.0039, 0.5, 0.99, 1.0])
+    image = values.view(1, 1, -1).expand(3, 1, -1)
+    saved = np.asarray(to_pil(image, truncate=True))[0, :, 0]
+    expected = ((values.numpy() / 2 + 0.5).clip(0, 1) * 255).astype(np.uint8)  # the references' latent2image
+    assert saved.tolist() == expected.tolist() == [0, 0, 127, 127, 191, 253, 255]
+    assert np.asarray(to_pil(image))[0, :, 0].tolist() == [0, 0, 128, 128, 191, 254, 255]  # rounding differs
+    every_byte = torch.arange(256, dtype=torch.uint8).view(1, 1, -1).expand(3, 1, -1).permute(1, 2, 0).numpy()
+    source = from_pil(__import__("PIL.Image", fromlist=["Image"]).fromarray(np.ascontiguousarray(every_byte)))
+    assert np.asarray(to_pil(source)).tobytes() == np.ascontiguousarray(every_byte).tobytes()  # sources stay exact
+
+
+# ---- the PIE-Bench re-run presets end to end (acceptance 3) ------------------------------------------
+
+
+@pytest.mark.parametrize("option,extra", [("ddim_p2p", []), ("stylediffusion_p2plus", ["method.num_inner_steps=2"])])
+def test_pie_bench_presets_run_on_items_with_and_without_blend_words(option, extra, tmp_path):
+    """`bench experiment=pie_bench_table debug=limit` with the P2P-family presets on the PIE-Bench stand-in: one
+    item with blend words (LocalBlend + ×2 reweight), one without ('if_available' runs it plain)."""
+    from bench.runner import run_from_config
+    from test_experiments import stand_in_data
+
+    data = [o for o in stand_in_data("pie_bench", tmp_path) if not o.startswith("metrics.ids")]
+    cfg = compose_config(["experiment=pie_bench_table", "debug=limit", f"+experiment/pie_bench@_global_={option}",
+                          "method.num_steps=4", "metrics.ids=[]", *extra, *data], tmp_path / "results")
+    summary = run_from_config(cfg)
+    assert summary.ok == 2, summary.failures

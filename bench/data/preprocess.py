@@ -70,11 +70,17 @@ def load_image_tensor(path: str | Path, resolution: int) -> tuple[torch.Tensor, 
     return preprocess(image, resolution), file_sha256(path)
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """(3, H, W) or (1, 3, H, W) tensor in [-1, 1] → 8-bit RGB PIL image (round-half-to-even)."""
+def to_pil(image: torch.Tensor, truncate: bool = False) -> Image.Image:
+    """(3, H, W) or (1, 3, H, W) tensor in [-1, 1] → 8-bit RGB PIL image (round-half-to-even).
+
+    ``truncate=True`` converts as every reference saves its edits, uint8((x/2 + 0.5).clamp(0, 1)·255) (truncation;
+    inbarhub/DDPM_inversion@50c3ae9 prompt_to_prompt/ptp_utils.py:91-93), for decoded images that are then scored."""
     if image.dim() == 4:
         image = image[0]
-    array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    image = image.detach().float().cpu()
+    if truncate:
+        return Image.fromarray(((image / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy())
+    array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return Image.fromarray(array.permute(1, 2, 0).numpy())
 
 
