@@ -30,7 +30,7 @@ import torch
 
 from methods.attention import AttentionController, attention_control
 from methods.base import HyperparameterError, Inversion, Method, check_range
-from methods.steps import ef_extract_noise, ef_step, guided_noise
+from methods.steps import ef_extract_noise, ef_step, guided_noise, reference_autocast
 
 
 @dataclass
@@ -74,7 +74,9 @@ class DDPMNoiseSpaceMethod(Method):
     def invert(self, pipe, image, source_prompt, generator) -> Inversion:
         scheduler = pipe.scheduler
         scheduler.set_timesteps(self.num_steps)
-        xts = self.noise_trajectory(scheduler, pipe.encode_image(image), generator)
+        with reference_autocast(pipe):  # EF encodes under autocast("cuda")
+            x0 = pipe.encode_image(image)
+        xts = self.noise_trajectory(scheduler, x0, generator)
         cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
         ascending = scheduler.timesteps.flip(0)
         zs = [torch.empty(0)] * self.num_steps
@@ -114,4 +116,6 @@ class DDPMNoiseSpaceMethod(Method):
         return latents
 
     def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
-        return pipe.decode_latents(self.edit_latents(pipe, inversion, item))[-1]
+        latents = self.edit_latents(pipe, inversion, item)
+        with reference_autocast(pipe):  # EF decodes under autocast("cuda")
+            return pipe.decode_latents(latents)[-1]

@@ -11,6 +11,8 @@ The scheduler object is a diffusers ``DDIMScheduler`` built from an explicit con
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 
@@ -196,3 +198,16 @@ def ddim_sampling_loop(pipe, x_T: torch.Tensor, cond: torch.Tensor, uncond, scal
         if on_step is not None:
             latents = on_step(latents)
     return latents
+
+
+# ----------------------------------------------------------------------------------------------
+# reference precision
+
+
+def reference_autocast(pipe):
+    """fp16 autocast on CUDA when ``runtime.dtype=reference`` (``pipe.reference_precision``), for the steps the
+    references ran under ``torch.autocast("cuda")``: EF-DDPM's VAE encode/decode (inbarhub/DDPM_inversion@58fc881
+    main_run.py:72-73) and StyleDiffusion's fp16 CLIP image encoder (docs/methods.md#presets). Otherwise a no-op."""
+    if getattr(pipe, "reference_precision", False) and torch.device(pipe.device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()

@@ -74,7 +74,7 @@ from methods.attention import (
 )
 from methods.base import HyperparameterError, Inversion, check_range
 from methods.null_text_p2p import NullTextP2P, TimestepFit, fit_meta, optimise_timestep
-from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_step
+from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_step, reference_autocast
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -310,7 +310,8 @@ class StyleDiffusionP2Plus(NullTextP2P):
         pipe.scheduler.set_timesteps(self.num_steps)
         cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
         with torch.no_grad():
-            features = clip_image_tokens(pipe.get_image_encoder(), image.to(pipe.device))  # E(x)
+            with reference_autocast(pipe):  # the reference's CLIP runs in fp16 on CUDA, output cast to fp32
+                features = clip_image_tokens(pipe.get_image_encoder(), image.to(pipe.device))  # E(x)
         control = ValueInjectionRecorder(sd_equivalent_resolution(pipe.unet, ATTENTION_LOSS_SD_RESOLUTION))
         inversion_maps: list[dict[str, torch.Tensor]] = []
 

@@ -209,3 +209,23 @@ def test_pie_bench_presets_run_on_items_with_and_without_blend_words(option, ext
                           "method.num_steps=4", "metrics.ids=[]", *extra, *data], tmp_path / "results")
     summary = run_from_config(cfg)
     assert summary.ok == 2, summary.failures
+
+
+@pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")  # building the context on a CPU machine
+def test_reference_precision_is_opt_in_cuda_autocast_and_part_of_the_identity(tiny_pipe):
+    from contextlib import nullcontext
+
+    from bench.models import resolve_dtype
+    from methods.steps import reference_autocast
+
+    assert resolve_dtype("reference") == torch.float32
+    assert isinstance(reference_autocast(tiny_pipe), nullcontext)  # float32 run: no autocast
+    tiny_pipe.reference_precision = True
+    try:
+        assert isinstance(reference_autocast(tiny_pipe), nullcontext)  # CPU: the references' autocast was CUDA-only
+        assert tiny_pipe.identity()["dtype"] == "float32+reference-autocast"  # other cache keys than plain fp32
+        tiny_pipe.device = torch.device("cuda")
+        context = reference_autocast(tiny_pipe)
+        assert isinstance(context, torch.autocast) and context.fast_dtype == torch.float16
+    finally:
+        tiny_pipe.reference_precision, tiny_pipe.device = False, torch.device("cpu")
