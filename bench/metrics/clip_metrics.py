@@ -1,6 +1,6 @@
 """CLIP score family: ``clip_score`` (open_clip), ``clip_score_pie`` and ``clip_score_edit_pie``.
 
-Sources (``/work/shared/spec/methods.md`` §3.3 "CLIP score"; conventions.md §1.E, §1.F, §2.4):
+Sources: docs/metrics.md ("The metrics"; CLIPScore of Hessel et al. is ``bench.metrics.clipscore_hessel``).
 
 - ``clip_score``: open_clip model + pretrained tag (or a local checkpoint / model config JSON),
   image through the model's own eval preprocess (PIL), target prompt through ``get_tokenizer``;
