@@ -14,8 +14,9 @@ baseline computed, i.e. the EF paper's "DDIM+P2P" curve (docs/methods.md#ddim-p2
 if they were the unconditional pass and edits the second call's, and its step counter advances once
 per two calls. Hence: only odd UNet calls k (0-based) are edited, at controller step k // 2 (cross α row
 k // 2, self window on k // 2); and the edit acts on the whole 4-row batch viewed as two "branches" of
-2·heads maps, [∅_src, ∅_tgt] (as the source) and [c_src, c_tgt] (as the target): both conditional rows
-take the mapped unconditional maps, and no row keeps the source prompt's own conditional attention.
+2·heads maps, [∅_src, ∅_tgt] (as the source) and [c_src, c_tgt] (as the target): both conditional rows,
+the source branch's included, take the mapped unconditional maps wherever α = 1 (self-attention: the
+unconditional maps themselves), so the source branch does not retrace its own trajectory.
 
 Cost: inversion as DDIM; editing 4N NFE (N UNet calls of batch 4).
 """
