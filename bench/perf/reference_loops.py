@@ -362,16 +362,23 @@ def stylediffusion_reference(pipe, method, image, item, label: str, generator: t
 
 
 @torch.no_grad()
-def sdedit_reference(pipe, method, image, item, label: str, generator: torch.Generator) -> torch.Tensor:
-    """diffusers ``StableDiffusionImg2ImgPipeline`` (the reference itself) on the VAE latent, then decoded."""
+def sdedit_reference(pipe, method, image, item, label: str, generator: torch.Generator,
+                     encode_generator: torch.Generator) -> torch.Tensor:
+    """diffusers ``StableDiffusionImg2ImgPipeline`` (the reference itself) on the VAE latent, then decoded. The latent
+    is diffusers' own ``retrieve_latents`` (a posterior sample, drawn here with the inversion's generator)."""
     from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
     img2img = StableDiffusionImg2ImgPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                                              unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
                                              feature_extractor=None, requires_safety_checker=False)
     img2img.set_progress_bar_config(disable=True)
     cond, uncond = pipe.encode_prompts([item.target_prompt, ""]).chunk(2)
-    latents = img2img(image=pipe.encode_image(image), strength=method.strength,
+    x0 = pipe.encode_image(image)
+    if method.encode_sample:
+        x0 = retrieve_latents(pipe.vae.encode(image.to(pipe.device, pipe.vae.dtype)), generator=encode_generator)
+        x0 = (x0 * pipe.vae.config.scaling_factor).to(pipe.dtype)
+    latents = img2img(image=x0, strength=method.strength,
                       num_inference_steps=method.num_steps, guidance_scale=method.guidance_scale,
                       eta=method.eta, generator=generator, prompt_embeds=cond, negative_prompt_embeds=uncond,
                       output_type="latent").images
@@ -414,7 +421,7 @@ def pair_for(method, label: str, seed: int = 0) -> Pair | None:
             return method.edit(pipe, method.invert(pipe, image, item.source_prompt, g_invert), item, g_edit)
 
         return Pair(method_image, lambda pipe, image, item: sdedit_reference(pipe, method, image, item, label,
-                                                                             generators()[1]), "decoded image")
+                                                                             *generators()[::-1]), "decoded image")
     if isinstance(method, DDPMNoiseSpaceMethod):
         return Pair(method_latents, lambda pipe, image, item: ef_reference(pipe, method, image, item, label,
                                                                            generators()[0]), "final latents")
