@@ -15,11 +15,20 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     return ((image.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """(3, H, W) or (1, 3, H, W) tensor in [-1, 1] → 8-bit RGB PIL image."""
+def to_pil(image: torch.Tensor, truncate: bool = False) -> Image.Image:
+    """(3, H, W) or (1, 3, H, W) tensor in [-1, 1] → 8-bit RGB PIL image (round half to even).
+
+    ``truncate=True`` converts as every reference saves its edits, uint8((x/2 + 0.5).clamp(0, 1)·255)
+    (truncation; inbarhub/DDPM_inversion@50c3ae9 prompt_to_prompt/ptp_utils.py:91-93), for decoded images
+    that are then scored."""
     if image.dim() == 4:
         image = image[0]
-    return Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy())
+    if truncate:
+        image = image.detach().float().cpu()
+        array = ((image / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
+    else:
+        array = to_uint8(image)
+    return Image.fromarray(array.permute(1, 2, 0).numpy())
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None,

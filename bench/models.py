@@ -26,13 +26,20 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+REFERENCE_DTYPE = "reference"
+
+
 class ModelNotFoundError(RuntimeError):
     """Weights could not be resolved offline; the message says where we looked and how to pre-fetch."""
 
 
 def resolve_dtype(name: str) -> torch.dtype:
+    """``reference`` = float32 weights, with fp16 autocast on CUDA where the references used it
+    (``EditPipeline.reference_precision``; methods.steps.reference_autocast)."""
+    if name == REFERENCE_DTYPE:
+        return torch.float32
     if name not in DTYPES:
-        raise ValueError(f"runtime.dtype={name!r}: expected one of {sorted(DTYPES)}")
+        raise ValueError(f"runtime.dtype={name!r}: expected one of {sorted(DTYPES) + [REFERENCE_DTYPE]}")
     return DTYPES[name]
 
 
@@ -143,6 +150,7 @@ class EditPipeline:
     image_encoder: Any = None
     image_encoder_loader: Callable[[], Any] | None = None
     counter: UNetCounter = field(default_factory=UNetCounter)
+    reference_precision: bool = False  # runtime.dtype=reference: fp16 autocast where the references used it
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -210,7 +218,7 @@ class EditPipeline:
     def identity(self) -> dict[str, Any]:
         """What identifies the model in cache keys and records."""
         return {"model_id": self.model_id, "weights_fingerprint": self.weights_fingerprint,
-                "dtype": str(self.dtype).replace("torch.", "")}
+                "dtype": str(self.dtype).replace("torch.", "") + ("+reference-autocast" if self.reference_precision else "")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,5 +297,5 @@ def load_pipeline(model_cfg: dict[str, Any], scheduler_cfg: dict[str, Any], devi
         unet=sd.unet, vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer,
         scheduler=build_scheduler(dict(scheduler_cfg)), device=torch_device, dtype=torch_dtype,
         model_id=str(model_cfg.get("name") or model_cfg["path"]), weights_fingerprint=fingerprint_dir(local),
-        image_encoder_loader=image_encoder_loader,
+        image_encoder_loader=image_encoder_loader, reference_precision=dtype == REFERENCE_DTYPE,
     )

@@ -249,7 +249,7 @@ class EditJob:
 
             png_path = records.edit_image_path(self.results_dir, self.label, key)
             with atomic_path(png_path) as tmp:
-                to_pil(edited).save(tmp, format="PNG")
+                to_pil(edited, truncate=True).save(tmp, format="PNG")  # as the references save edits
             record = self._base_record(item, key)
             record.update({
                 "status": "ok", "inversion_key": inv_key,

@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PAPER_DIR = REPO_ROOT / "results" / "paper"
 METHOD_CONF_DIR = REPO_ROOT / "conf" / "method"
 PAPER_COLUMNS = ["paper_table", "paper_method", "method", "paper_metric", "metric_id", "value", "paper_scale",
-                 "higher_is_better", "dataset", "model", "source", "note"]
+                 "unit", "higher_is_better", "dataset", "model", "source", "note"]  # unit: of value/paper_scale = the metric's
 
 
 def _point_labels(frame: pd.DataFrame) -> pd.Series:
@@ -325,6 +325,10 @@ def load_paper(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: missing columns {missing}; expected {PAPER_COLUMNS}")
     if frame["source"].str.strip().eq("").any():
         raise ValueError(f"{path}: every row needs a source")
+    unitless = frame[frame["metric_id"].str.strip().ne("") & frame["unit"].astype(str).str.strip().eq("")]
+    if not unitless.empty:
+        raise ValueError(f"{path}: rows {list(unitless.index + 2)} name a metric_id but no unit (the unit of "
+                         "value / paper_scale, which must be the metric's declared unit)")
     frame["value"] = pd.to_numeric(frame["value"], errors="raise")
     frame["paper_scale"] = pd.to_numeric(frame["paper_scale"], errors="raise")
     frame["higher_is_better"] = frame["higher_is_better"].astype(str).str.lower().isin(["true", "1", "yes"])

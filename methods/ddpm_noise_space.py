@@ -1,4 +1,4 @@
-"""The DDPM-noise-space loop shared by ef_ddpm, ef_ddpm_p2p and ddpm_naive (methods spec §2.2–2.3).
+"""The DDPM-noise-space loop shared by ef_ddpm, ef_ddpm_p2p and ddpm_naive (docs/methods.md#presets).
 
 Inversion (grid t_1 < … < t_T of ``pipe.scheduler`` with T = num_steps):
   1. noise x_0 onto the grid: x̃_1..x̃_T — *how* is the subclass's choice (``noise_trajectory``):
@@ -31,7 +31,7 @@ import torch
 
 from methods.base import HyperparameterError, Inversion, Method, check_range
 from methods.p2p import AttentionController, attention_control
-from methods.steps import cfg_passes, ef_extract_noise, ef_step, guided_noise
+from methods.steps import cfg_passes, ef_extract_noise, ef_step, guided_noise, reference_autocast
 
 
 @dataclass
@@ -80,7 +80,9 @@ class DDPMNoiseSpaceMethod(Method):
     def invert(self, pipe, image, source_prompt, generator) -> Inversion:
         scheduler = pipe.scheduler
         scheduler.set_timesteps(self.num_steps)
-        xts = self.noise_trajectory(scheduler, pipe.encode_image(image), generator)
+        with reference_autocast(pipe):  # EF encodes under autocast("cuda")
+            x0 = pipe.encode_image(image)
+        xts = self.noise_trajectory(scheduler, x0, generator)
         cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
         ascending = scheduler.timesteps.flip(0)
         zs = [torch.empty(0)] * self.num_steps
@@ -122,7 +124,9 @@ class DDPMNoiseSpaceMethod(Method):
         return latents
 
     def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
-        return pipe.decode_latents(self.edit_latents(pipe, inversion, item))[-1]
+        latents = self.edit_latents(pipe, inversion, item)
+        with reference_autocast(pipe):  # EF decodes under autocast("cuda")
+            return pipe.decode_latents(latents)[-1]
 
     def declared_nfe(self, item) -> tuple[int, int]:
         prompts, scales = self.branches(item)

@@ -1,4 +1,4 @@
-"""Edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024), methods spec §2.3.
+"""Edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024); docs/methods.md#presets.
 
 Reference: inbarhub/DDPM_inversion @ 58fc881 (`main_run.py` mode `our_inv`, `ddm_inversion/inversion_utils.py`).
 x_0 is noised *independently* at every grid step, x̃_n = √ᾱ_{t_n} x_0 + √(1−ᾱ_{t_n}) ε_n with fresh

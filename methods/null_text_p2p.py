@@ -1,4 +1,4 @@
-"""Null-text inversion + Prompt-to-Prompt (Mokady et al., CVPR 2023), methods spec §2.4.
+"""Null-text inversion + Prompt-to-Prompt (Mokady et al., CVPR 2023); docs/methods.md#presets.
 
 Inversion (the reference ``NullInversion``, PnPInversion `models/p2p/inversion.py` L113-241 =
 StyleDiffusion `p2plus/null_text_w_p2plus.py` L424-578):
@@ -88,7 +88,7 @@ class NullTextP2P(P2PEditHparams, Method):
     """Null-text inversion, then P2P editing with the per-step optimised ∅_t.
 
     Defaults: the NTI notebook (50 steps, w 7.5, 10 inner steps, ε 1e-5; editing example
-    cross_replace_steps .8, self_replace_steps .5, LocalBlend from 20% of the steps — methods spec §2.1, §2.4).
+    cross_replace_steps .8, self_replace_steps .5, LocalBlend from 20% of the steps; docs/methods.md#presets).
     """
 
     name = "null_text_p2p"
@@ -102,6 +102,7 @@ class NullTextP2P(P2PEditHparams, Method):
     early_stop_epsilon: float = 1e-5  # ε of the early stop loss < ε + i·2e-5
     cross_replace_steps: float | tuple[float, float] | dict[str, float | tuple[float, float]] = 0.8
     self_replace_steps: float | tuple[float, float] = 0.5
+    self_replace_max_resolution: int = 32  # NTI notebook copies replace self-attention up to 32²
     blend_start: float = 0.2  # NTI notebook LocalBlend(start_blend=0.2), used when local_blend=True
 
     def __post_init__(self) -> None:

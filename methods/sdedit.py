@@ -1,7 +1,8 @@
 """SDEdit (Meng et al., ICLR 2022) for latent diffusion = DDIM img2img.
 
 As diffusers' StableDiffusionImg2ImgPipeline: with N inference steps and strength s, the start
-index is N − int(N·s); the VAE latent x_0 is noised to the first remaining timestep t_s with
+index is N − int(N·s); the VAE latent x_0 — a sample of the encoder posterior N(μ, σ²) drawn with the job's
+generator, as ``retrieve_latents(sample_mode="sample")`` does (``encode_sample=False``: the mean μ) — is noised to the first remaining timestep t_s with
 ``scheduler.add_noise`` (x_{t_s} = √ᾱ_{t_s} x_0 + √(1−ᾱ_{t_s}) ε), then the remaining int(N·s) steps
 are denoised with the *target* prompt and classifier-free guidance w. Defaults = diffusers'
 img2img defaults (strength 0.8, 50 steps, w 7.5, η 0). Cost: 2·int(N·s) UNet evaluations (1× when w=1).
@@ -21,13 +22,14 @@ from methods.steps import cfg_passes, ddim_step, gaussian_like, guided_noise
 class SDEdit(Method):
     name = "sdedit"
     version = "1"
-    inversion_fields = ()
+    inversion_fields = ("encode_sample",)
     stochastic = True
 
     strength: float = 0.8  # fraction of the schedule that is re-noised (diffusers img2img default)
     num_steps: int = 50
     guidance_scale: float = 7.5
     eta: float = 0.0  # DDIM η of the denoising steps
+    encode_sample: bool = True  # x_0 ~ N(μ, σ²) of the VAE posterior (diffusers img2img); False: x_0 = μ
 
     def __post_init__(self) -> None:
         check_range(self, "strength", 0.0, 1.0, low_open=True)
@@ -35,9 +37,14 @@ class SDEdit(Method):
         check_range(self, "guidance_scale", 0.0, 100.0)
         check_range(self, "eta", 0.0, 1.0)
 
+    @torch.no_grad()
     def invert(self, pipe, image, source_prompt, generator) -> Inversion:
-        # SDEdit has a trivial inversion: the VAE latent of the source image.
-        return Inversion({"x0": pipe.encode_image(image)})
+        """SDEdit's trivial inversion: the VAE latent of the source image (posterior sample or mean)."""
+        if not self.encode_sample:
+            return Inversion({"x0": pipe.encode_image(image)})
+        posterior = pipe.vae.encode(image.to(device=pipe.device, dtype=pipe.vae.dtype)).latent_dist
+        sample = posterior.mean + posterior.std * gaussian_like(posterior.mean, generator)  # μ + σ·ε
+        return Inversion({"x0": (sample * pipe.vae.config.scaling_factor).to(pipe.dtype)})
 
     @torch.no_grad()
     def edit(self, pipe, inversion, item, generator) -> torch.Tensor:

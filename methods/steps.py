@@ -11,6 +11,8 @@ The scheduler object is a diffusers ``DDIMScheduler`` built from an explicit con
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 
@@ -153,7 +155,7 @@ def q_sample(scheduler, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.
 
 def q_transition(scheduler, x_prev: torch.Tensor, t_prev: int | None, t: int, noise: torch.Tensor) -> torch.Tensor:
     """x_t = √(ᾱ_t/ᾱ_{t'}) x_{t'} + √(1 − ᾱ_t/ᾱ_{t'}) ε: one step of the strided forward Markov chain
-    from t' = ``t_prev`` to t (``t_prev=None`` means x_0, ᾱ := 1). Methods spec §2.2."""
+    from t' = ``t_prev`` to t (``t_prev=None`` means x_0, ᾱ := 1). (docs/methods.md#presets)."""
     a_t = _as(alpha_bar(scheduler, t), x_prev)
     a_prev = torch.ones_like(a_t) if t_prev is None else _as(alpha_bar(scheduler, t_prev), x_prev)
     ratio = a_t / a_prev
@@ -201,3 +203,16 @@ def ddim_sampling_loop(pipe, x_T: torch.Tensor, cond: torch.Tensor, uncond, scal
         if on_step is not None:
             latents = on_step(latents)
     return latents
+
+
+# ----------------------------------------------------------------------------------------------
+# reference precision
+
+
+def reference_autocast(pipe):
+    """fp16 autocast on CUDA when ``runtime.dtype=reference`` (``pipe.reference_precision``), for the steps the
+    references ran under ``torch.autocast("cuda")``: EF-DDPM's VAE encode/decode (inbarhub/DDPM_inversion@58fc881
+    main_run.py:72-73) and StyleDiffusion's fp16 CLIP image encoder (docs/methods.md#presets). Otherwise a no-op."""
+    if getattr(pipe, "reference_precision", False) and torch.device(pipe.device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()

@@ -1,6 +1,6 @@
-"""StyleDiffusion + P2Plus (Li et al., CVMJ 2024; arXiv 2303.15649), methods spec §2.6.
+"""StyleDiffusion + P2Plus (Li et al., CVMJ 2024; arXiv 2303.15649); docs/methods.md#presets.
 
-Re-implemented from the spec's description (the reference repository has no licence).
+Re-implemented from the paper and the reference behaviour documented in docs/methods.md (the reference repository has no licence).
 
 Inversion
 ---------
@@ -74,7 +74,7 @@ from methods.p2p import (
     sd_equivalent_resolution,
     step_window,
 )
-from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_step
+from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_step, reference_autocast
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -275,7 +275,7 @@ def _window_spec(owner: object, name: str):
 class StyleDiffusionP2Plus(NullTextP2P):
     """StyleDiffusion inversion (per-step value mapping networks), then P2Plus editing.
 
-    Defaults: StyleDiffusion CLI (`stylediffusion.py` L26-37, L978-994; methods spec §2.6): 30 steps,
+    Defaults: StyleDiffusion CLI (sen-mao/StyleDiffusion@07b388a stylediffusion.py:26-37,978-994): 30 steps,
     w 7.5, num_inner_steps 100 with ceil(100·e^{−0.1 i}) per step, ε 1e-5, attention loss weight 1,
     τ_v .6, τ_c .6, τ_s .8 (≤ 32²), τ_u .5.
     """
@@ -293,6 +293,8 @@ class StyleDiffusionP2Plus(NullTextP2P):
     self_replace_max_resolution: int = 32  # P2Plus replaces self-attention up to 32² (P2P: 16²)
     value_replace_steps: float = 0.6  # τ_v
     uncond_self_replace_steps: float | tuple[float, float] = 0.5  # τ_u
+    local_blend: bool | str = True  # the CLI always builds LocalBlend(--blend_word)
+    reweight: bool | str = True  # the CLI always builds AttentionReweight(--eq_params)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -309,7 +311,8 @@ class StyleDiffusionP2Plus(NullTextP2P):
         pipe.scheduler.set_timesteps(self.num_steps)
         cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
         with torch.no_grad():
-            features = clip_image_tokens(pipe.get_image_encoder(), image.to(pipe.device))  # E(x)
+            with reference_autocast(pipe):  # the reference's CLIP runs in fp16 on CUDA, output cast to fp32
+                features = clip_image_tokens(pipe.get_image_encoder(), image.to(pipe.device))  # E(x)
         control = ValueInjectionRecorder(sd_equivalent_resolution(pipe.unet, ATTENTION_LOSS_SD_RESOLUTION))
         inversion_maps: list[dict[str, torch.Tensor]] = []
 

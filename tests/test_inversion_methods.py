@@ -29,7 +29,7 @@ def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(seed)
 
 
-# ---- reference formulas (methods spec §1, §2.3), written independently of methods/ ----------------
+# ---- reference formulas (docs/methods.md), written independently of methods/ ----------------
 
 
 def ab(scheduler, t: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from methods.stylediffusion_p2plus import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TARGET = "a red square on a blue background"
-SMALL = dict(num_steps=4, num_inner_steps=5)
+SMALL = dict(num_steps=4, num_inner_steps=5, local_blend=False, reweight=False)  # items here have no blend words
 
 
 def item(target: str = TARGET) -> EditItem:

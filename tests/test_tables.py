@@ -90,13 +90,13 @@ def test_paper_vs_ours_difference_in_our_units(tmp_path, results):
     paper_csv = tmp_path / "paper.csv"
     pd.DataFrame([
         {"paper_table": "t", "paper_method": "DDIM + P2P", "method": "ddim_p2p", "paper_metric": "LPIPS x10^3",
-         "metric_id": "lpips_alex", "value": 250.0, "paper_scale": 1000, "higher_is_better": False,
+         "metric_id": "lpips_alex", "value": 250.0, "paper_scale": 1000, "unit": "LPIPS distance", "higher_is_better": False,
          "dataset": "toyset", "model": "sd14", "source": "a paper", "note": ""},
         {"paper_table": "t", "paper_method": "DDIM + P2P", "method": "ddim_p2p", "paper_metric": "CLIP",
-         "metric_id": "clip_score", "value": 0.35, "paper_scale": 1, "higher_is_better": True,
+         "metric_id": "clip_score", "value": 0.35, "paper_scale": 1, "unit": "100·cos", "higher_is_better": True,
          "dataset": "toyset", "model": "sd14", "source": "a paper", "note": ""},
         {"paper_table": "t", "paper_method": "Other", "method": "", "paper_metric": "CLIP",
-         "metric_id": "clip_score", "value": 0.2, "paper_scale": 1, "higher_is_better": True,
+         "metric_id": "clip_score", "value": 0.2, "paper_scale": 1, "unit": "100·cos", "higher_is_better": True,
          "dataset": "toyset", "model": "sd14", "source": "a paper", "note": "not implemented"},
     ]).to_csv(paper_csv, index=False)
     comparison = paper_comparison(results, load_paper(paper_csv))
@@ -114,7 +114,7 @@ def test_paper_tables_applied_by_dataset_or_by_name(tmp_path, results):
     paper_dir = tmp_path / "paper"
     paper_dir.mkdir()
     base = {"paper_table": "x", "paper_method": "DDIM", "method": "ddim_p2p", "paper_metric": "LPIPS",
-            "metric_id": "lpips_alex", "value": 0.2, "paper_scale": 1, "higher_is_better": False,
+            "metric_id": "lpips_alex", "value": 0.2, "paper_scale": 1, "unit": "LPIPS distance", "higher_is_better": False,
             "model": "sd14", "source": "s", "note": ""}
     pd.DataFrame([{**base, "dataset": "toyset"}]).to_csv(paper_dir / "same_data.csv", index=False)
     pd.DataFrame([{**base, "dataset": "*"}]).to_csv(paper_dir / "unknown_data.csv", index=False)
@@ -151,14 +151,14 @@ def test_published_numbers_files_are_complete_and_mapped():
         assert not paper.duplicated(["paper_method", "metric_id"]).any(), name
     sd = papers["stylediffusion"].set_index(["paper_method", "metric_id"])["value"]
     assert sd[("DDIM", "structure_dist")] == 0.092 and sd[("StyleDiffusion", "ns_lpips_sd")] == 0.1165
-    assert sd[("SDEdit", "clip_score")] == 78.0 and sd[("Null-text", "ns_lpips_sd")] == 0.1480
+    assert sd[("SDEdit", "clipscore_hessel")] == 78.0 and sd[("Null-text", "ns_lpips_sd")] == 0.1480
     pie = papers["pie_bench"].set_index(["paper_method", "metric_id"])
     assert pie.loc[("Null-text + P2P", "structure_dist_pie"), "value"] == 13.44
     assert pie.loc[("Null-text + P2P", "structure_dist_pie"), "paper_scale"] == 1000
     assert pie.loc[("DDIM + P2P", "clip_score_edit_pie"), "value"] == 22.44
     mapped = set(papers["stylediffusion"]["method"]) | set(papers["pie_bench"]["method"]) - {""}
-    assert mapped - {""} == {"ddim_p2p", "sdedit", "null_text_p2p", "stylediffusion_p2plus", "stylediffusion_p2plus_pie",
-                              "pnp", "pix2pix_zero_pie"}
+    assert mapped - {""} == {"ddim_p2p", "sdedit", "null_text_p2p", "stylediffusion_p2plus", "ddim_p2p_pie",
+                             "null_text_p2p_pie", "stylediffusion_p2plus_pie", "pnp", "pix2pix_zero_pie"}
     conf = REPO_ROOT / "conf" / "method"
     assert all((conf / f"{m}.yaml").is_file() for m in mapped - {""})  # labels are method configs
     assert (REPO_ROOT / "results" / "paper").is_dir()

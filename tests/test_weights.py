@@ -22,8 +22,9 @@ def test_needs_for_sd14_and_default_metrics():
     assert sum("LPIPS-alex" in w for w in whats) == 1  # shared by lpips_alex, ns_lpips_*, recon_lpips
     assert any("LPIPS-vgg" in w for w in whats)
     assert any("open_clip 'ViT-L-14'" in w for w in whats)
+    assert any("open_clip 'ViT-B-32'" in w for w in whats)  # clipscore_hessel (StyleDiffusion's Clipscore %)
     assert any("timm 'vit_base_patch8_224.dino'" in w for w in whats)
-    assert len(needs) == 6
+    assert len(needs) == 7
     assert needs_for(compose("tiny_random", None)["model"], None) == []  # built in code
 
 

@@ -1,5 +1,5 @@
 """``bench perf``: per-method cost (NFE, seconds, t_UNet, overhead ratio, peak memory), the
-reference-shaped baselines side by side, and the ablation-grid reuse speedup (design spec §5).
+reference-shaped baselines side by side, and the ablation-grid reuse speedup (docs/performance.md).
 
     bench perf --model toy                                   # every method config, toy world, CPU
     bench perf --model tiny_random --steps 4 --inner-steps 2 # a quick smoke run

@@ -43,6 +43,7 @@ class Metric:
     version: ClassVar[str] = "1"
     higher_is_better: ClassVar[bool] = True
     display_scale: ClassVar[float] = 1.0
+    unit: ClassVar[str] = ""  # what one stored value is (e.g. "dB", "100·cos"); paper CSV rows must match it
 
     def __init__(self, id: str | None = None):  # noqa: A002 (the config key is `id`)
         if id is not None:
@@ -89,4 +90,4 @@ class Metric:
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "version": self.version, "higher_is_better": self.higher_is_better,
-                "display_scale": self.display_scale, "backbone": self.backbone, "config": self.config()}
+                "display_scale": self.display_scale, "unit": self.unit, "backbone": self.backbone, "config": self.config()}

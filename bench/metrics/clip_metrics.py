@@ -1,6 +1,6 @@
 """CLIP score family: ``clip_score`` (open_clip), ``clip_score_pie`` and ``clip_score_edit_pie``.
 
-Sources (``/work/shared/spec/methods.md`` §3.3 "CLIP score"; conventions.md §1.E, §1.F, §2.4):
+Sources: docs/metrics.md ("The metrics"; CLIPScore of Hessel et al. is ``bench.metrics.clipscore_hessel``).
 
 - ``clip_score``: open_clip model + pretrained tag (or a local checkpoint / model config JSON),
   image through the model's own eval preprocess (PIL), target prompt through ``get_tokenizer``;
@@ -39,6 +39,7 @@ class ClipScore(Metric):
 
     id = "clip_score"
     version = "1"
+    unit = "100·cos"
     higher_is_better = True
     display_scale = 1.0
 
@@ -55,16 +56,23 @@ class ClipScore(Metric):
         return {"library": "open_clip", "model": self.clip_backbone.model, "scale": "100*cos, unclipped",
                 "text": "target_prompt"}
 
+    def text(self, inp: MetricInput) -> str:
+        return strip_brackets(inp.item.target_prompt)
+
     def score(self, batch: list[MetricInput]) -> list[float]:
+        return [float(v) for v in 100.0 * self.cosines(batch)]
+
+    def cosines(self, batch: list[MetricInput]) -> torch.Tensor:
+        """cos(image embedding, text embedding) per input, on the CPU."""
         model, preprocess, tokenizer = self.load(self.clip_backbone)
         images = torch.stack([preprocess(to_pil(inp.edited)) for inp in batch]).to(self.device)
-        texts = tokenizer([strip_brackets(inp.item.target_prompt) for inp in batch]).to(self.device)
+        texts = tokenizer([self.text(inp) for inp in batch]).to(self.device)
         with torch.no_grad():
             image_features = model.encode_image(images).float()
             text_features = model.encode_text(texts).float()
         image_features = image_features / image_features.norm(dim=-1, keepdim=True)
         text_features = text_features / text_features.norm(dim=-1, keepdim=True)
-        return [float(v) for v in (100.0 * (image_features * text_features).sum(-1)).cpu()]
+        return (image_features * text_features).sum(-1).cpu()
 
 
 class ClipScorePie(Metric):
@@ -72,6 +80,7 @@ class ClipScorePie(Metric):
 
     id = "clip_score_pie"
     version = "1"
+    unit = "max(100·cos, 0)"
     higher_is_better = True
     display_scale = 1.0
 

@@ -40,6 +40,7 @@ class LpipsDistance(Metric):
     """LPIPS(edited, source) with inputs in [-1, 1] at the edit resolution (lower = closer)."""
 
     id = "lpips_alex"
+    unit = "LPIPS distance"
     version = "1"
     higher_is_better = False
     display_scale = 1.0
@@ -103,6 +104,7 @@ class NsLpipsGt(Metric):
     """
 
     id = "ns_lpips_gt"
+    unit = "LPIPS distance"
     version = "1"
     higher_is_better = False
     display_scale = 1.0
@@ -156,6 +158,7 @@ class NsLpipsSd(Metric):
     """
 
     id = "ns_lpips_sd"
+    unit = "LPIPS distance"
     version = "1"
     higher_is_better = False
     display_scale = 1.0

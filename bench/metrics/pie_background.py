@@ -71,6 +71,7 @@ class _PieBackground(Metric):
 
 class BgPsnrPie(_PieBackground):
     id = "bg_psnr_pie"
+    unit = "dB"
     higher_is_better = True
     display_scale = 1.0
 
@@ -81,6 +82,7 @@ class BgPsnrPie(_PieBackground):
 
 class BgMsePie(_PieBackground):
     id = "bg_mse_pie"
+    unit = "MSE of [0, 1] pixels"
     higher_is_better = False
     display_scale = 1e4
 
@@ -94,6 +96,7 @@ class BgSsimPie(_PieBackground):
     full map, which changes values; the map itself is unchanged, so the border is cropped here."""
 
     id = "bg_ssim_pie"
+    unit = "SSIM"
     higher_is_better = True
     display_scale = 100.0
     SIGMA, PAD = 1.5, 5  # gaussian σ; pad = (int(3.5σ + 0.5)·2 + 1 − 1) // 2 = 5 (11×11 window)
@@ -118,6 +121,7 @@ class BgLpipsPie(_PieBackground):
     backbone loaded from the resolved weights (the metric class itself would download them)."""
 
     id = "bg_lpips_pie"
+    unit = "LPIPS distance"
     higher_is_better = False
     display_scale = 1000.0
 
@@ -149,6 +153,7 @@ class ReconPsnr(Metric):
     """PSNR(edited, source) in dB on [0, 1] images for reconstruction items; NaN otherwise."""
 
     id = "recon_psnr"
+    unit = "dB"
     version = "1"
     higher_is_better = True
     display_scale = 1.0

@@ -64,6 +64,7 @@ class StructureDist(Metric):
     """MSE between DINO last-block key self-similarity matrices of edited and source (lower = closer)."""
 
     id = "structure_dist"
+    unit = "MSE of DINO key self-similarity"
     version = "1"
     higher_is_better = False
     display_scale = 1000.0  # PIE-Bench reports ×10³

@@ -1,4 +1,4 @@
-"""Performance tooling behind ``bench perf`` (design spec §5).
+"""Performance tooling behind ``bench perf`` (docs/performance.md).
 
 - ``measure``: timing helpers, t_UNet(b) at a batch size (forward, forward+backward), the
   overhead ratio wall / Σ_b calls_b · t_UNet(b), peak memory during a block.

@@ -1,6 +1,6 @@
 """Timing, UNet latency, overhead ratio and peak memory for ``bench perf``.
 
-Overhead model (design spec §5): the physical cost of a method is its UNet evaluations. With
+Overhead model (docs/performance.md): the physical cost of a method is its UNet evaluations. With
 ``forward_calls[b]`` UNet calls of batch b and ``backward_calls[b]`` backward passes through the UNet
 at batch b (``bench.models.UNetCounter``),
 

@@ -12,15 +12,15 @@ the loop shape alone. What each baseline re-states:
   call, whether or not the controller edits that layer (``ReferenceAttention``). The harness keeps
   the fused kernel where nothing is edited or recorded.
 - **an attention controller on every edit**: P2P's ``text2image_ldm_stable`` registers one even for
-  a plain edit, and EF-DDPM's ``our_inv`` registers an ``AttentionStore`` (spec §2.3: `main_run.py`
+  a plain edit, and EF-DDPM's ``our_inv`` registers an ``AttentionStore`` (docs/methods.md; `main_run.py`
   L94-96), which records the maps of layers ≤ 32² (SD size) at every step.
 - **separate ∅ / c passes** where the reference makes them: EF-DDPM's inversion (``inversion_utils.py``
   L139-148) and reverse process, the EF repo's CFG DDIM inversion (w = inversion_guidance_scale) and its P2P copy with
-  ``LOW_RESOURCE=True`` (spec §2.1), where the controller leaves the ∅ pass alone. The P2P/NTI notebooks
+  ``LOW_RESOURCE=True``, where the controller leaves the ∅ pass alone. The P2P/NTI notebooks
   (LOW_RESOURCE=False) batch [∅…, c…] as the harness does.
 - **Null-text inversion**: the reference recomputes ε_c together with ε_θ(z̄, t, ∅_t) in one batch-2
-  call for the z̄ update after each step's optimisation (spec §2.4); the harness reuses ε_c.
-- **SDEdit**: the reference *is* diffusers' ``StableDiffusionImg2ImgPipeline`` (spec §2.5), called as a
+  call for the z̄ update after each step's optimisation; the harness reuses ε_c.
+- **SDEdit**: the reference *is* diffusers' ``StableDiffusionImg2ImgPipeline``, called as a
   library with the same components, latents, embeddings and generator.
 - **no inversion reuse**: every baseline run inverts again (the grid comparison in ``bench.perf.grid``
   measures what reuse saves).
@@ -130,7 +130,7 @@ def ddim_p2p_reference(pipe, method, image, item, label: str) -> torch.Tensor:
 
 def ef_noised_latents(pipe, method, x0, generator) -> list[torch.Tensor]:
     """[x_0, x̃_1, …, x̃_T]: EF ``sample_xts_from_x0`` (independent noise per step, drawn for ascending t);
-    the naive DDPM space draws along the forward Markov chain instead (spec §2.2)."""
+    the naive DDPM space draws along the forward Markov chain instead (docs/methods.md)."""
     from methods.ddpm_naive import NaiveDDPM
 
     ascending = [int(t) for t in pipe.scheduler.timesteps.flip(0)]
@@ -229,7 +229,7 @@ def null_text_reference(pipe, method, image, item, label: str) -> torch.Tensor:
 
 
 def stylediffusion_reference(pipe, method, image, item, label: str, generator: torch.Generator) -> torch.Tensor:
-    """StyleDiffusion (spec §2.6): DDIM inversion recording the 16² cross maps, per-step mapping-network
+    """StyleDiffusion (docs/methods.md): DDIM inversion recording the 16² cross maps, per-step mapping-network
     training (same networks, losses and inner loop as the method), the z̄ update recomputing ε_u, all
     then P2Plus editing under the references' explicit-attention hook with LOW_RESOURCE=True (∅ and c
     passes separate, τ_u applied in the ∅ pass).
@@ -309,16 +309,23 @@ def stylediffusion_reference(pipe, method, image, item, label: str, generator: t
 
 
 @torch.no_grad()
-def sdedit_reference(pipe, method, image, item, label: str, generator: torch.Generator) -> torch.Tensor:
-    """diffusers ``StableDiffusionImg2ImgPipeline`` (the reference itself) on the VAE latent, then decoded."""
+def sdedit_reference(pipe, method, image, item, label: str, generator: torch.Generator,
+                     encode_generator: torch.Generator) -> torch.Tensor:
+    """diffusers ``StableDiffusionImg2ImgPipeline`` (the reference itself) on the VAE latent, then decoded. The latent
+    is diffusers' own ``retrieve_latents`` (a posterior sample, drawn here with the inversion's generator)."""
     from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
     img2img = StableDiffusionImg2ImgPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                                              unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
                                              feature_extractor=None, requires_safety_checker=False)
     img2img.set_progress_bar_config(disable=True)
     cond, uncond = pipe.encode_prompts([item.target_prompt, ""]).chunk(2)
-    latents = img2img(image=pipe.encode_image(image), strength=method.strength,
+    x0 = pipe.encode_image(image)
+    if method.encode_sample:
+        x0 = retrieve_latents(pipe.vae.encode(image.to(pipe.device, pipe.vae.dtype)), generator=encode_generator)
+        x0 = (x0 * pipe.vae.config.scaling_factor).to(pipe.dtype)
+    latents = img2img(image=x0, strength=method.strength,
                       num_inference_steps=method.num_steps, guidance_scale=method.guidance_scale,
                       eta=method.eta, generator=generator, prompt_embeds=cond, negative_prompt_embeds=uncond,
                       output_type="latent").images
@@ -370,7 +377,7 @@ def reference_loop_builders() -> dict[type, Callable]:
             return method.edit(pipe, method.invert(pipe, image, item.source_prompt, g_invert), item, g_edit)
 
         return Pair(method_image, lambda pipe, image, item: sdedit_reference(pipe, method, image, item, label,
-                                                                             generators()[1]), "decoded image")
+                                                                             *generators()[::-1]), "decoded image")
 
     def stylediffusion_pair(method, label, generators):
         return Pair(lambda pipe, image, item: method_latents(method, generators, pipe, image, item),

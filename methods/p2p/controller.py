@@ -118,7 +118,7 @@ class P2PController(AttentionStore):
         return latents
 
 
-P2P_MODES = ("auto", "replace", "refine")
+P2P_MODES = ("auto", "auto_chars", "replace", "refine")
 
 
 def build_p2p_controller(pipe, source_prompt: str, target_prompt: str, num_steps: int, cross_replace_steps,
@@ -128,7 +128,8 @@ def build_p2p_controller(pipe, source_prompt: str, target_prompt: str, num_steps
                          controller_class: type[P2PController] = P2PController, **controller_kwargs) -> P2PController:
     """The P2P controller for [source, target] (the one builder the P2P methods share).
 
-    mode 'auto' = the EF-DDPM reference rule: replace when the word counts match, else refine.
+    mode 'auto' = the EF-DDPM reference rule: replace when the word counts match, else refine; 'auto_chars' =
+    replace when the space-stripped prompts have equal character counts (PnPInversion's StyleDiffusion run).
     ``self_max_sd_resolution`` (16 for P2P, 32 for P2Plus) and LocalBlend's 16² maps are SD sizes
     mapped with ``sd_equivalent_resolution``. ``blend_start`` is a fraction of ``num_steps``.
     ``equalizer_params`` = {"words": [...], "values": [...]} (target-prompt words) adds AttentionReweight.
@@ -141,7 +142,11 @@ def build_p2p_controller(pipe, source_prompt: str, target_prompt: str, num_steps
         raise ValueError(f"P2P mode='replace' needs prompts with the same number of words; source {source_prompt!r} "
                          f"has {len(prompt_words(source_prompt))}, target {target_prompt!r} has "
                          f"{len(prompt_words(target_prompt))}; use mode='refine' or 'auto'")
-    use_replace = mode == "replace" or (mode == "auto" and same_words)
+    same_chars = len(source_prompt.strip(" ")) == len(target_prompt.strip(" "))  # auto_chars (PnPInversion)
+    use_replace = mode == "replace" or (mode == "auto" and same_words) or (mode == "auto_chars" and same_chars)
+    if use_replace and not same_words:
+        raise ValueError(f"P2P mode={mode!r} chose AttentionReplace for prompts with different word counts: "
+                         f"{source_prompt!r}, {target_prompt!r}")
     mapping: CrossAttentionMapping = (AttentionReplace if use_replace else AttentionRefine)(tokenizer, prompts)
     if equalizer_params:
         scale = equalizer(tokenizer, target_prompt, list(equalizer_params["words"]), list(equalizer_params["values"]))
