@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def import_object(dotted: str) -> Any:
-    """'package.module:attr' or 'package.module.attr' → the object."""
+def import_object(dotted: str, where: str = "model.build") -> Any:
+    """'package.module:attr' or 'package.module.attr' → the object (allow-listed: ``bench.``/``methods.``)."""
+    from bench.config import check_dotted_path
+
+    check_dotted_path(dotted, where)
     module_name, _, attr = dotted.partition(":") if ":" in dotted else dotted.rpartition(".")
     return getattr(importlib.import_module(module_name), attr)
 
@@ -216,28 +220,44 @@ class EditPipeline:
 # loading
 
 
-def fingerprint_dir(path: str | Path, chunk: int = 4 << 20) -> str:
-    """Content fingerprint of a weights folder: sha256 over (relative path, size, content digest).
+def digest_cache_path() -> Path:
+    """Where whole-file sha256 digests of weight files are cached (by path, size and mtime)."""
+    return Path(os.environ.get("EDITBENCH_CACHE") or Path.home() / ".cache" / "editbench") / "file_digests.json"
 
-    Files up to 64 MiB are hashed whole; larger ones by their size plus first and last 4 MiB
-    (SD checkpoints are GBs; this keeps start-up fast and still changes whenever weights change).
-    """
+
+def fingerprint_dir(path: str | Path, cache: str | Path | None = None) -> str:
+    """Content fingerprint of a weights folder: sha256 over (relative path, size, sha256 of the whole file).
+
+    Every byte counts (a fine-tune that differs only in the middle of a GB checkpoint gets its own
+    fingerprint). A file is hashed once: its digest is cached under its resolved path, size and
+    mtime (``digest_cache_path()``), so later start-ups only stat the files."""
+    from bench.data.preprocess import file_sha256
+    from bench.io import read_json, write_json
+
     root = Path(path)
+    cache_file = Path(cache) if cache else digest_cache_path()
+    try:
+        known = read_json(cache_file) if cache_file.is_file() else {}
+    except ValueError:  # a damaged cache is only a cache: rebuild it
+        known = {}
+    changed = False
     digest = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = file.relative_to(root).as_posix()
         if rel.startswith(".") or "/." in rel or rel.endswith(".lock"):
             continue
-        size = file.stat().st_size
-        digest.update(f"{rel}\0{size}\0".encode())
-        with open(file, "rb") as handle:
-            if size <= 16 * chunk:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            else:
-                digest.update(handle.read(chunk))
-                handle.seek(size - chunk)
-                digest.update(handle.read(chunk))
+        stat = file.stat()
+        where, stamp = str(file.resolve()), [stat.st_size, stat.st_mtime_ns]
+        entry = known.get(where)
+        if not entry or entry[:2] != stamp:
+            entry = known[where] = [*stamp, file_sha256(file)]
+            changed = True
+        digest.update(f"{rel}\0{stat.st_size}\0{entry[2]}\0".encode())
+    if changed:
+        try:
+            write_json(cache_file, known)
+        except OSError:  # a read-only cache dir costs a re-hash next time, nothing else
+            pass
     return digest.hexdigest()[:16]
 
 
