@@ -20,37 +20,12 @@ import hashlib
 import sys
 from pathlib import Path
 
+from bench.imports import imported_modules, module_files
 from bench.io import read_json, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSIONS_FILE = "methods/versions.json"
 UPDATE_COMMAND = "python -m bench.method_versions --update"
-
-
-def _modules(root: Path) -> dict[str, Path]:
-    """``methods.*`` module name → file."""
-    found = {}
-    for path in sorted((root / "methods").rglob("*.py")):
-        parts = path.relative_to(root).with_suffix("").parts
-        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
-
-
-def _imports(tree: ast.AST, modules: dict[str, Path]) -> set[str]:
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for target in targets:
-            while target and target not in modules:
-                target = target.rpartition(".")[0]
-            if target:
-                names.add(target)
-    return names
 
 
 def _versions(tree: ast.Module) -> dict[str, str]:
@@ -69,9 +44,9 @@ def current_state(root: str | Path = REPO_ROOT) -> dict[str, dict]:
     """Module → {"versions": {class: version}, "sha256": hash of its source and the methods modules it
     imports}, for every module that defines a versioned class (methods/base.py's contract excluded)."""
     root = Path(root)
-    modules = _modules(root)
+    modules = module_files(root, ("methods",))
     trees = {name: ast.parse(path.read_bytes()) for name, path in modules.items()}
-    deps = {name: _imports(tree, modules) for name, tree in trees.items()}
+    deps = {name: imported_modules(tree, modules) for name, tree in trees.items()}
     state = {}
     for name, tree in trees.items():
         versions = _versions(tree)

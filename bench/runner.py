@@ -343,7 +343,10 @@ def run_from_config(cfg: DictConfig) -> JobSummary:
         job, metrics_cfg, job_info = prepare_job(cfg)
     except USER_ERRORS as err:
         summary = JobSummary(error={"type": type(err).__name__, "message": str(err)})
-        write_json(run_dir / "summary.json", {"job": job_info, **summary.as_dict()})
+        try:
+            write_json(run_dir / "summary.json", {"job": job_info, **summary.as_dict()})
+        except OSError as write_err:  # e.g. the results dir itself is what is not writable
+            log.warning("cannot write %s: %s", run_dir / "summary.json", write_err)
         if not _in_multirun():
             raise
         log.error("job failed before it started (the other jobs run): %s", err)
