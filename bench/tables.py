@@ -1,8 +1,10 @@
 """Aggregation: all records of a results dir → a long pandas DataFrame → method × metric tables.
 
-Rows of the summary table are (method label, hyperparameter point); a point is named by the
-hyperparameters that vary between that method's records (e.g. ``strength=0.5``), "default" when
-none do. When a results dir holds several datasets, the dataset is part of the row index too.
+Rows of the summary table are (dataset content, model, method label, hyperparameter point) — see
+``bench.rows`` for what identifies a row and which records count (stale and superseded ones are
+excluded and listed in tables/excluded.csv); a point is named by the hyperparameters that vary between
+that method's records (e.g. ``strength=0.5``), "default" when none do. The dataset and model columns
+appear when a results dir holds more than one.
 Columns: n (ok items), failed, seeds, cost (NFE/item = inversion + edit UNet evaluations, the
 algorithmic cost even when the inversion was reused; s/item likewise), ``psnr_vs_source`` (a
 reconstruction fidelity figure that needs no learned metric), then every scored metric (mean over
