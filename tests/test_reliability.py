@@ -22,7 +22,7 @@ from bench.config import ConfigError, instantiate
 from bench.data.item import EditItem, ItemError
 from bench.io import atomic_path, clean_stale_tmp, tmp_prefix, write_json
 from bench.runner import EditJob, method_from_config, run_from_config
-from bench.tables import load_all_edits, load_edits, summary_table, to_markdown, write_tables
+from bench.tables import load_edits, summary_table, to_markdown, write_tables
 from conftest import REPO_ROOT, compose_config
 from test_runner import FAST, ListDataset, dataset_overrides, write_yaml_dataset
 
