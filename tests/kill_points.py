@@ -1,12 +1,13 @@
 """Measure resume after SIGKILL at many points of a job (docs/reliability.md, "Resume").
 
-    PYTHONPATH=. python tests/kill_points.py [N]
+    PYTHONPATH=. python tests/kill_points.py
 
-A reference job (tiny random model, SDEdit, 6 images) runs uninterrupted. Then, for each of N kill
-times spread evenly over the reference duration (model loading included), a fresh job is killed with
-SIGKILL at that time and resumed; the script checks that the resumed results dir holds exactly the
-reference's edited PNGs byte for byte, that every record present at the kill is unchanged (not
-recomputed), and that no temporary file is left. Not part of the test suite (minutes of CPU); the
+A reference job (tiny random model, SDEdit, 6 images) runs uninterrupted. Then fresh jobs are killed
+with SIGKILL at 2·6 + 1 points: during model loading, and for k = 0..5, right when the k-th record
+(k = 0: the first source image) appears and 0.15 s later (mid-edit or mid-write), each then resumed.
+For each, the script checks that the resumed results dir holds exactly the reference's edited PNGs
+byte for byte, that every record present at the kill is unchanged (not recomputed), and that no
+temporary file is left. Not part of the test suite (minutes of CPU); the
 suite's test_runner.py kills one random point.
 """
 
@@ -38,7 +39,15 @@ def pngs(results: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (results / "edits").rglob("*.png")}
 
 
-def main(n: int) -> int:
+def wait_for(results: Path, proc: subprocess.Popen, done: int) -> None:
+    """Until ``done`` records exist (0: the first source image), or the job ends."""
+    while proc.poll() is None:
+        if (len(list((results / "edits").rglob("*.json"))) >= done if done else (results / "sources").is_dir()):
+            return
+        time.sleep(0.005)
+
+
+def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="kill-points-"))
     data = write_yaml_dataset((work / "data").mkdir() or work / "data", n_images=6)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -46,12 +55,17 @@ def main(n: int) -> int:
     subprocess.run(args(data, work / "reference"), cwd=REPO, env=env, check=True, capture_output=True)
     duration = time.time() - start
     reference = pngs(work / "reference")
+    points = [("loading the model", None, 2.0)] + [(f"record {k}" if k else "first source image", k, delay)
+                                                  for k in range(6) for delay in (0.0, 0.15)]
     survived = 0
-    for i in range(1, n + 1):
+    for i, (name, done, delay) in enumerate(points, start=1):
         results = work / f"kill{i}"
         proc = subprocess.Popen(args(data, results), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(duration * i / (n + 1))
+        if done is not None:
+            wait_for(results, proc, done)
+        time.sleep(delay)
+        finished_first = proc.poll() is not None
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         edits = results / "edits"
@@ -62,15 +76,15 @@ def main(n: int) -> int:
         same = pngs(results) == reference
         kept = all(p.stat().st_mtime_ns == m and p.read_bytes() == b for p, (m, b) in before.items())
         no_tmp = not [p for p in results.rglob("*") if ".tmp-" in p.name]
-        ok = same and kept and no_tmp and summary["skipped"] == len(before)
+        ok = same and kept and no_tmp and summary["skipped"] == len(before) and not finished_first
         survived += ok
-        print(f"kill {i:2d} at {duration * i / (n + 1):5.1f} s: {len(before)} records done, {tmp_at_kill} temp file(s) "
-              f"at the kill; resumed: skipped {summary['skipped']}, computed {summary['ok']}; byte-identical "
-              f"{same}, finished records untouched {kept}, no temp left {no_tmp}", flush=True)
-    print(f"{survived}/{n} kill points survived (reference job {duration:.1f} s)")
+        print(f"kill {i:2d} ({name} + {delay:.2f} s): {len(before)} records done, {tmp_at_kill} temp file(s) at the "
+              f"kill; resumed: skipped {summary['skipped']}, computed {summary['ok']}; byte-identical {same}, "
+              f"finished records untouched {kept}, no temp left {no_tmp}", flush=True)
+    print(f"{survived}/{len(points)} kill points survived (reference job {duration:.1f} s)")
     shutil.rmtree(work)
-    return 0 if survived == n else 1
+    return 0 if survived == len(points) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 12))
+    sys.exit(main())
