@@ -1,11 +1,6 @@
 """The edit stage: one job = (model, method + hparams, dataset[, shard k/K], seed).
 
-For every item the runner computes two content keys (``bench.hashing``):
-
-- inversion key: model identity, scheduler config, method name/version/*inversion* hparams, image
-  sha256, source prompt, preprocessing, resolution (+ seed for stochastic methods);
-- edit key: the inversion key + all hparams + the item identity (dataset, item id, prompts, blend
-  words, extra) + seed.
+For every item the runner computes an inversion key and an edit key (``bench.keys``).
 
 It skips items whose record already exists with status "ok", reuses one inversion for every item
 and edit point that shares it (in memory within a job, on disk across jobs; a cached inversion whose
