@@ -73,6 +73,9 @@ def print_usage() -> None:
 
 def main() -> None:
     os.environ.setdefault("EDITBENCH_ROOT", str(REPO_ROOT))
+    # names this command's run/sweep dirs (conf/config.yaml), so commands started in the same second never
+    # share one; joblib workers inherit it and write into the launcher's sweep dir
+    os.environ["EDITBENCH_RUN_ID"] = str(os.getpid())
     argv = sys.argv[1:]
     if argv and argv[0] in ("-h", "--help"):
         print_usage()

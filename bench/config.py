@@ -60,6 +60,28 @@ def user_module(target: str) -> bool:
     return origin is not None and any(directory in origin.parents for directory in dirs)
 
 
+def check_dotted_path(dotted: Any, where: str) -> str:
+    """The allow-list every dotted path taken from config passes (``_target_``, ``model.build``):
+    only objects under ``bench.`` and ``methods.`` (or in a user config dir's module), so a config cannot run ``os:system``."""
+    if not isinstance(dotted, str) or not (dotted.startswith(ALLOWED_TARGET_PREFIXES) or user_module(dotted)):
+        raise ConfigError(f"{where}={dotted!r}: only objects under {ALLOWED_TARGET_PREFIXES} or in a module placed "
+                          f"in a user config dir (${USER_CONFIG_ENV}) are allowed")
+    return dotted
+
+
+def _check_nested_targets(value: Any, where: str) -> None:
+    """Hydra instantiates nested ``_target_`` entries too: each one passes the allow-list."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if key == "_target_":
+                check_dotted_path(child, f"{where}._target_")
+            else:
+                _check_nested_targets(child, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, child in enumerate(value):
+            _check_nested_targets(child, f"{where}[{index}]")
+
+
 def instantiate(config: dict[str, Any], what: str) -> Any:
     """Instantiate a ``_target_`` config; ``what`` names the config group in error messages."""
     from hydra.utils import instantiate as hydra_instantiate
@@ -67,9 +89,7 @@ def instantiate(config: dict[str, Any], what: str) -> Any:
     target = config.get("_target_")
     if not target:
         raise ConfigError(f"{what} config has no _target_: {config}")
-    if not (str(target).startswith(ALLOWED_TARGET_PREFIXES) or user_module(str(target))):
-        raise ConfigError(f"{what}._target_={target!r}: only classes under {ALLOWED_TARGET_PREFIXES} or in a module "
-                          f"placed in a user config dir (${USER_CONFIG_ENV}) are allowed")
+    _check_nested_targets(config, what)
     try:
         return hydra_instantiate(config, _convert_="all")
     except InstantiationException as err:

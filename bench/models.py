@@ -51,8 +51,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def import_object(dotted: str) -> Any:
-    """'package.module:attr' or 'package.module.attr' → the object."""
+def import_object(dotted: str, where: str = "model.build") -> Any:
+    """'package.module:attr' or 'package.module.attr' → the object (allow-listed: ``bench.``/``methods.``)."""
+    from bench.config import check_dotted_path
+
+    check_dotted_path(dotted, where)
     module_name, _, attr = dotted.partition(":") if ":" in dotted else dotted.rpartition(".")
     return getattr(importlib.import_module(module_name), attr)
 

@@ -7,14 +7,15 @@ Layout of a results directory (``paths.results_dir``)::
     sources/<sha>_<res>.png          the preprocessed source exactly as fed to the model
     inversions/<method>/<key>.safetensors   cached inversions (reused by every edit point)
     metrics/<metric_id>/<key>.json   one score per (edit record, metric id+version)
-    runs/<timestamp>/                Hydra run dirs (config, overrides, run summary)
-    tables/                          aggregated tables (markdown, CSV, LaTeX)
+    runs/<timestamp>_<pid>/          Hydra run dirs (config, overrides, run summary)
+    tables/                          aggregated tables (markdown, CSV, LaTeX; excluded.csv: stale records)
 
 An edit record (``status`` = "ok" or "failed") carries: key, inversion_key, method {name, version,
 hparams, scheduler}, item (EditItem fields + image_sha256 + preprocess id), dataset {name, version},
 seed, model {model_id, weights_fingerprint, dtype, device}, cost {nfe, nfe_backward, calls by batch,
 seconds, inversion_seconds, inversion_cached, peak_memory_bytes}, files {edited, source} (relative to
-the results dir), env {versions, git sha}, created_at, and for failures error {type, message, where}.
+the results dir), env {versions, git sha}, created_at, warnings (truncated prompts, a constant source
+image), and for failures error {type, message, where}.
 """
 
 from __future__ import annotations

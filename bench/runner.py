@@ -1,22 +1,22 @@
 """The edit stage: one job = (model, method + hparams, dataset[, shard k/K], seed).
 
-For every item the runner computes two content keys (``bench.hashing``):
-
-- inversion key: model identity, scheduler config, method name/version/*inversion* hparams, image
-  sha256, source prompt, preprocessing, resolution (+ seed for stochastic methods);
-- edit key: the inversion key + all hparams + the item identity (dataset, item id, prompts, blend
-  words, extra) + seed.
+For every item the runner computes an inversion key and an edit key (``bench.keys``).
 
 It skips items whose record already exists with status "ok", reuses one inversion for every item
-and edit point that shares it (in memory within a job, on disk across jobs), writes the edited PNG
-and then the JSON record atomically (the record is the commit marker: no record → redo), records
-failures with their error and goes on. Nothing that does not change the output (paths, device
-name, logger) enters a key.
+and edit point that shares it (in memory within a job, on disk across jobs; a cached inversion whose
+tensors no longer match their recorded digest is recomputed), writes the edited PNG and then the
+JSON record atomically (the record is the commit marker: no record → redo), records failures with
+their error and goes on. A failure is keyed like a success (model, method + hparams, item, seed;
+the edit key itself once the image is read), so sweep points never overwrite each other's failures
+and a later success removes it. Nothing that does not change the output (paths, device name,
+logger) enters a key. A job whose configuration is invalid fails alone inside a multirun: its error
+goes into its summary.json and the other jobs run (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import time
 import traceback
@@ -35,10 +35,13 @@ from bench.data.base import Dataset
 from bench.data.item import EditItem
 from bench.data.preprocess import PREPROCESS_ID, load_image_tensor
 from bench.env import environment
-from bench.hashing import content_key, derive_seed
+from bench.errors import USER_ERRORS
+from bench.hashing import derive_seed
 from bench.images import psnr, to_pil
 from bench.io import atomic_path, clean_stale_tmp, write_json
+from bench.keys import early_failure_key, edit_key, inversion_key
 from bench.models import EditPipeline, load_pipeline, scheduler_record
+from bench.preflight import check_hparam_types, check_writable, load_checked_inversion, prompt_warnings, tensors_sha256
 from methods.base import Inversion, Method
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class JobSummary:
     nfe_backward: int = 0
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
+    error: dict[str, str] | None = None  # the job could not start (invalid config); set in its summary.json
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -75,6 +79,7 @@ def method_from_config(method_cfg: DictConfig | dict) -> tuple[Method, dict[str,
     if scheduler_cfg is None:
         raise ValueError(f"method config {plain.get('_target_')!r} has no 'scheduler' entry; every method names "
                          "its DDIM scheduler config (see conf/scheduler/)")
+    check_hparam_types(plain)
     return instantiate(plain, what="method"), scheduler_cfg
 
 
@@ -117,31 +122,6 @@ def configure_runtime(runtime: DictConfig | dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# keys
-
-
-def inversion_key(pipe: EditPipeline, scheduler_cfg: dict, method: Method, image_sha: str, source_prompt: str,
-                  seed: int) -> str:
-    return content_key({
-        "kind": "inversion", "model": pipe.identity(), "scheduler": scheduler_cfg,
-        "method": {"name": method.name, "version": method.version, "hparams": method.inversion_hparams()},
-        "image_sha256": image_sha, "source_prompt": source_prompt, "preprocess": PREPROCESS_ID,
-        "resolution": pipe.resolution, "seed": seed if method.stochastic else None,
-    })
-
-
-def edit_key(inv_key: str, method: Method, dataset_name: str, item: EditItem, seed: int) -> str:
-    identity = item.describe()
-    for path_field in ("image_path", "mask_path", "target_image_path"):  # paths never enter a key
-        identity.pop(path_field)
-    return content_key({
-        "kind": "edit", "inversion_key": inv_key,
-        "method": {"name": method.name, "version": method.version, "hparams": method.hparams()},
-        "dataset": dataset_name, "item": identity, "seed": seed,
-    })
-
-
-# ----------------------------------------------------------------------------------------------
 # the job
 
 
@@ -161,10 +141,15 @@ class EditJob:
         self.scheduler_cfg, self.dataset, self.items = scheduler_cfg, dataset, items
         self.results_dir, self.seed, self.progress = Path(results_dir), int(seed), progress
         self.summary = JobSummary()
+        self.written: list[dict[str, Any]] = []  # this job's records (written, or found done): for loggers
+        self.warnings: list[str] = []
         self._images: dict[str, tuple[torch.Tensor, str]] = {}
         self._inversions: dict[str, Inversion] = {}
 
     # -- helpers ---------------------------------------------------------------------------
+    def _early_key(self, item: EditItem) -> str:
+        return early_failure_key(self.pipe, self.method, self.dataset.name, item, self.seed)
+
     def _source(self, item: EditItem) -> tuple[torch.Tensor, str]:
         if item.image_path not in self._images:
             image, sha = load_image_tensor(item.image_path, self.pipe.resolution)
@@ -185,8 +170,9 @@ class EditJob:
             inversion = self._inversions[key]
         else:
             path = records.inversion_path(self.results_dir, self.label, key)
-            if path.is_file():
-                inversion = Inversion.load(str(path)).to(self.pipe.device, self.pipe.dtype)
+            inversion = load_checked_inversion(path)
+            if inversion is not None:
+                inversion = inversion.to(self.pipe.device, self.pipe.dtype)
                 self.summary.inversions_loaded += 1
             else:
                 generator = torch.Generator("cpu").manual_seed(derive_seed(self.seed, "invert", image_sha,
@@ -197,7 +183,8 @@ class EditJob:
                 spent = self.pipe.counter.since(before)
                 check_finite(inversion.tensors.values(), f"inversion of {item.image_id!r}")
                 inversion.meta.update({"nfe": spent["nfe"], "nfe_backward": spent["nfe_backward"],
-                                       "seconds": time.perf_counter() - start})
+                                       "seconds": time.perf_counter() - start,
+                                       "tensors_sha256": tensors_sha256(inversion.tensors)})
                 inversion.save(str(path))
                 self.summary.inversions_computed += 1
                 cached = False
@@ -225,15 +212,22 @@ class EditJob:
     def run_item(self, item: EditItem) -> str:
         """Edit one item; returns "ok", "skipped" or "failed" (never raises for item-level errors)."""
         key = None
+        self.warnings = []
         try:
             item.validate()
+            self.warnings = prompt_warnings(self.pipe.tokenizer, item)
             image, image_sha = self._source(item)
+            if float(image.amax() - image.amin()) == 0:  # scored like any edit, but never silently
+                self.warnings.append("the source image is constant (one colour): metrics on it say little")
             inv_key = inversion_key(self.pipe, self.scheduler_cfg, self.method, image_sha, item.source_prompt,
                                     self.seed)
             key = edit_key(inv_key, self.method, self.dataset.name, item, self.seed)
             record_path = records.edit_record_path(self.results_dir, self.label, key)
-            if record_path.is_file() and records.read_record(record_path).get("status") == "ok":
-                return "skipped"
+            if record_path.is_file():
+                existing = records.read_record(record_path)
+                if existing.get("status") == "ok":
+                    self.written.append(existing)
+                    return "skipped"
 
             before, start = self.pipe.counter.snapshot(), time.perf_counter()
             if self.pipe.device.type == "cuda":
@@ -250,6 +244,8 @@ class EditJob:
             png_path = records.edit_image_path(self.results_dir, self.label, key)
             with atomic_path(png_path) as tmp:
                 to_pil(edited, truncate=True).save(tmp, format="PNG")  # as the references save edits
+            for warning in self.warnings:
+                log.warning("item %s: %s", item.item_id, warning)
             record = self._base_record(item, key)
             record.update({
                 "status": "ok", "inversion_key": inv_key,
@@ -263,24 +259,26 @@ class EditJob:
                          "edit_nfe_backward": spent["nfe_backward"]
                          - (0 if reused else inversion_cost["inversion_nfe_backward"]),
                          "peak_memory_bytes": peak_memory_bytes(self.pipe.device)},
-                "quick": {"psnr_vs_source": float(psnr(edited.cpu(), image[0]))},
+                "quick": {"psnr_vs_source": float(psnr(edited.cpu(), image[0]))}, "warnings": self.warnings,
                 "files": {"edited": png_path.relative_to(self.results_dir).as_posix(),
                           "source": records.source_image_path(self.results_dir, image_sha, self.pipe.resolution)
                           .relative_to(self.results_dir).as_posix()},
             })
             write_json(record_path, record)
+            self.written.append(record)
+            # a success supersedes this item's failure recorded before its image could be read
+            records.edit_record_path(self.results_dir, self.label, self._early_key(item)).unlink(missing_ok=True)
             self.summary.nfe += spent["nfe"]
             self.summary.nfe_backward += spent["nfe_backward"]
             return "ok"
         except Exception as err:  # an item-level failure is recorded; the sweep goes on
             record = self._base_record(item, key)
-            record.update({"status": "failed", "error": {
+            record.update({"status": "failed", "warnings": self.warnings, "error": {
                 "type": type(err).__name__, "message": str(err),
                 "where": "".join(traceback.format_exception(err)[-3:])[-2000:]}})
-            failed_key = key or content_key({"failed_item": item.item_id, "dataset": self.dataset.name,
-                                             "method": self.label, "seed": self.seed})
-            record["key"] = failed_key
-            write_json(records.edit_record_path(self.results_dir, self.label, failed_key), record)
+            record["key"] = key or self._early_key(item)
+            write_json(records.edit_record_path(self.results_dir, self.label, record["key"]), record)
+            self.written.append(record)
             self.summary.failures.append({"item": item.item_id, "error": f"{type(err).__name__}: {err}"})
             log.warning("item %s failed: %s: %s", item.item_id, type(err).__name__, err)
             return "failed"
@@ -305,8 +303,62 @@ def check_finite(tensors, what: str) -> None:
             raise NonFiniteOutputError(f"{what} produced NaN/inf values (dtype {tensor.dtype})")
 
 
+def run_id() -> str:
+    """Names this process's run dir uniquely: the ``bench`` command's id (EDITBENCH_RUN_ID, set by
+    ``bench.cli``), else the pid, after a timestamp to the microsecond."""
+    return f"{datetime.now().strftime('%Y-%m-%d_%H-%M-%S_%f')}_{os.environ.get('EDITBENCH_RUN_ID') or os.getpid()}"
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # no running Hydra app
+        return False
+
+
 def run_from_config(cfg: DictConfig) -> JobSummary:
-    """Build the job from a composed config, run it, write the run summary (and tables)."""
+    """Build the job from a composed config, run it, write the run summary (and tables).
+
+    A configuration error (bad hyperparameter, unknown dataset, unwritable results dir, ...) is
+    written to the job's summary.json; inside a multirun the job then returns and the others run,
+    in a single run it is raised (the CLI prints it in one line)."""
+    run_dir = Path(_hydra_output_dir() or Path(cfg.paths.results_dir) / "runs" / run_id())
+    job_info: dict[str, Any] = {"method": OmegaConf.select(cfg, "method._target_"), "seed": cfg.seed}
+    try:
+        job, metrics_cfg, job_info = prepare_job(cfg)
+    except USER_ERRORS as err:
+        summary = JobSummary(error={"type": type(err).__name__, "message": str(err)})
+        try:
+            write_json(run_dir / "summary.json", {"job": job_info, **summary.as_dict()})
+        except OSError as write_err:  # e.g. the results dir itself is what is not writable
+            log.warning("cannot write %s: %s", run_dir / "summary.json", write_err)
+        if not _in_multirun():
+            raise
+        log.error("job failed before it started (the other jobs run): %s", err)
+        return summary
+    results_dir = job.results_dir
+    summary = job.run()
+    if metrics_cfg.get("ids"):  # the metric stage: scores this job's records not yet scored
+        from bench.metric_stage import score_results
+
+        score_results(results_dir, metrics_cfg, pipe=job.pipe, methods=[job.label])
+    write_json(run_dir / "summary.json", {"job": job_info, **summary.as_dict()})
+    if cfg.get("tables", True):
+        from bench.tables import write_tables
+
+        write_tables(results_dir)
+    logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
+    if logger_cfg.get("_target_"):  # e.g. conf/logger/wandb.yaml: mirror what this job wrote
+        instantiate(logger_cfg, what="logger").log_job(config=cfg, label=job.label, results_dir=results_dir,
+                                                       summary=summary, records=job.written)
+    return summary
+
+
+def prepare_job(cfg: DictConfig) -> tuple[EditJob, dict[str, Any], dict[str, Any]]:
+    """Everything a job needs, checked before any editing work: (job, metrics config, summary info)."""
     configure_runtime(cfg.runtime)
     results_dir = Path(cfg.paths.results_dir)
     method, scheduler_cfg = method_from_config(cfg.method)
@@ -319,32 +371,15 @@ def run_from_config(cfg: DictConfig) -> JobSummary:
         from bench.metric_stage import check_backbones
 
         check_backbones(metrics_cfg)
-
+    check_writable(results_dir)
     pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), scheduler_cfg,
                          device=cfg.runtime.device, dtype=cfg.runtime.dtype)
     job = EditJob(pipe=pipe, method=method, method_label=method_label(cfg), scheduler_cfg=scheduler_cfg,
                   dataset=dataset, items=items, results_dir=results_dir, seed=cfg.seed,
                   progress=bool(cfg.runtime.progress))
-    summary = job.run()
-    if metrics_cfg.get("ids"):  # the metric stage: scores this job's records not yet scored
-        from bench.metric_stage import score_results
-
-        score_results(results_dir, metrics_cfg, pipe=pipe, methods=[job.label])
-    run_dir = _hydra_output_dir() or results_dir / "runs" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    write_json(Path(run_dir) / "summary.json", {"job": {"method": job.label, "dataset": dataset.name,
-                                                         "shard": shard, "num_shards": num_shards,
-                                                         "seed": cfg.seed, "items": len(items)},
-                                                 **summary.as_dict()})
-    if cfg.get("tables", True):
-        from bench.tables import write_tables
-
-        write_tables(results_dir)
-    # --- logger hook (issue 7): mirror the finished job to W&B; a no-op unless logger=wandb ---
-    from bench.wandb_logger import log_results
-
-    log_results(cfg, results_dir, summary)
-    # --- end logger hook ---
-    return summary
+    info = {"method": job.label, "dataset": dataset.name, "shard": shard, "num_shards": num_shards,
+            "seed": cfg.seed, "items": len(items)}
+    return job, metrics_cfg, info
 
 
 def _hydra_output_dir() -> str | None:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
+from bench.rows import CONTEXT_COLUMNS
 
 ITEM_KEYS = ["dataset", "item_id"]
 STAT_SUFFIXES = (" std", " NaN", " se", " ci_low", " ci_high", " se_seed", " best")
@@ -69,11 +70,12 @@ def add_metric_statistics(table: pd.DataFrame, values: pd.DataFrame, index: list
 
 def significant_best(means: pd.Series, per_item: pd.Series, levels: int, index: list[str],
                      higher: bool) -> pd.Series:
-    """True for the best row of each dataset when it beats the runner-up significantly (``TEST_NAME``,
-    p < stats.ALPHA); a tie or a runner-up without shared items marks nothing."""
+    """True for the best row of each (dataset, model) when it beats the runner-up significantly
+    (``TEST_NAME``, p < stats.ALPHA); a tie or a runner-up without shared items marks nothing."""
     flags = pd.Series(False, index=means.index, dtype=bool)
     means = means.dropna()
-    groups = means.groupby(level=index.index("dataset")) if "dataset" in index else [(None, means)]
+    context = [index.index(column) for column in CONTEXT_COLUMNS if column in index]
+    groups = means.groupby(level=context) if context else [(None, means)]
     for _, group in groups:
         if len(group) < 2:
             continue

@@ -1,8 +1,10 @@
 """Aggregation: all records of a results dir → a long pandas DataFrame → method × metric tables.
 
-Rows of the summary table are (method label, hyperparameter point); a point is named by the
-hyperparameters that vary between that method's records (e.g. ``strength=0.5``), "default" when
-none do. When a results dir holds several datasets, the dataset is part of the row index too.
+Rows of the summary table are (dataset content, model, method label, hyperparameter point) — see
+``bench.rows`` for what identifies a row and which records count (stale and superseded ones are
+excluded and listed in tables/excluded.csv); a point is named by the hyperparameters that vary between
+that method's records (e.g. ``strength=0.5``), "default" when none do. The dataset and model columns
+appear when a results dir holds more than one.
 Columns: n (ok items), failed, seeds, cost (NFE/item = inversion + edit UNet evaluations, the
 algorithmic cost even when the inversion was reused; s/item likewise), ``psnr_vs_source`` (a
 reconstruction fidelity figure that needs no learned metric), then every scored metric (mean over
@@ -32,6 +34,7 @@ import pandas as pd
 
 from bench import records, table_stats
 from bench.io import write_text
+from bench.rows import add_row_labels, comparable_groups, record_identity, row_index, split_current
 
 log = logging.getLogger(__name__)
 
@@ -113,33 +116,50 @@ def default_points(edits: pd.DataFrame, conf_dir: str | Path | None = None) -> d
     return result
 
 
-def load_edits(results_dir: str | Path) -> pd.DataFrame:
-    """One row per edit record (ok and failed)."""
-    rows = []
-    for rec in records.iter_edit_records(results_dir):
-        cost = rec.get("cost", {})
-        rows.append({
-            "key": rec["key"], "status": rec["status"], "method": rec["method"]["label"],
-            "method_name": rec["method"]["name"], "stochastic": rec["method"].get("stochastic", False),
-            "hparams": json.dumps(rec["method"]["hparams"], sort_keys=True),
-            "dataset": rec["dataset"]["name"], "item_id": rec["item"]["item_id"], "seed": rec["seed"],
-            "image_id": rec["item"].get("image_id", rec["item"]["item_id"]),
-            "source_prompt": rec["item"].get("source_prompt", ""),
-            "target_prompt": rec["item"].get("target_prompt", ""),
-            "edit_category": rec["item"].get("edit_category", ""),
-            "nfe_per_item": cost.get("inversion_nfe", 0) + cost.get("edit_nfe", 0) if cost else math.nan,
-            "nfe_backward_per_item": cost.get("inversion_nfe_backward", 0) + cost.get("edit_nfe_backward", 0)
-            if cost else math.nan,
-            "seconds_per_item": cost.get("inversion_seconds", 0.0) + cost.get("edit_seconds", 0.0) if cost else math.nan,
-            "psnr_vs_source": rec.get("quick", {}).get("psnr_vs_source", math.nan),
-            "edited": rec.get("files", {}).get("edited"), "source": rec.get("files", {}).get("source"),
-            "error": (rec.get("error") or {}).get("message"),
-        })
-    frame = pd.DataFrame(rows)
+def edit_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """One edit record as a frame row (``bench.rows.record_identity`` adds what identifies its table row)."""
+    cost = rec.get("cost", {})
+    return {
+        "key": rec["key"], "status": rec["status"], "method": rec["method"]["label"],
+        "method_name": rec["method"]["name"], "stochastic": rec["method"].get("stochastic", False),
+        "hparams": json.dumps(rec["method"]["hparams"], sort_keys=True),
+        "item_id": rec["item"]["item_id"], "seed": rec["seed"],
+        "image_id": rec["item"].get("image_id", rec["item"]["item_id"]),
+        "source_prompt": rec["item"].get("source_prompt", ""),
+        "target_prompt": rec["item"].get("target_prompt", ""),
+        "edit_category": rec["item"].get("edit_category", ""),
+        "nfe_per_item": cost.get("inversion_nfe", 0) + cost.get("edit_nfe", 0) if cost else math.nan,
+        "nfe_backward_per_item": cost.get("inversion_nfe_backward", 0) + cost.get("edit_nfe_backward", 0)
+        if cost else math.nan,
+        "seconds_per_item": cost.get("inversion_seconds", 0.0) + cost.get("edit_seconds", 0.0) if cost else math.nan,
+        "psnr_vs_source": rec.get("quick", {}).get("psnr_vs_source", math.nan),
+        "edited": rec.get("files", {}).get("edited"), "source": rec.get("files", {}).get("source"),
+        "error": (rec.get("error") or {}).get("message"), **record_identity(rec),
+    }
+
+
+def edits_frame(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Edit records → one row each (ok and failed), with row labels and point names, sorted."""
+    frame = pd.DataFrame([edit_row(rec) for rec in recs])
     if not frame.empty:
+        frame = add_row_labels(frame)
         frame = frame.sort_values(["method", "dataset", "item_id", "seed", "key"], kind="stable").reset_index(drop=True)
         frame["point"] = _point_labels(frame)
     return frame
+
+
+def load_all_edits(results_dir: str | Path) -> pd.DataFrame:
+    """Every edit record of a results dir, including superseded and stale ones."""
+    return edits_frame(records.iter_edit_records(results_dir))
+
+
+def load_edits(results_dir: str | Path) -> pd.DataFrame:
+    """The edit records that count (one per table row, item and seed; see ``bench.rows``)."""
+    frame = load_all_edits(results_dir)
+    if frame.empty:
+        return frame
+    current = split_current(frame)[0]
+    return current.assign(point=_point_labels(current)).reset_index(drop=True)
 
 
 def load_metrics(results_dir: str | Path) -> pd.DataFrame:
@@ -150,7 +170,7 @@ def load_metrics(results_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["edit_key", "metric_id", "value", "display_scale", "higher_is_better"])
 
 
-BASE_COLUMNS = ["key", "method", "point", "dataset", "item_id", "seed", "edit_category"]
+BASE_COLUMNS = ["key", "method", "point", "dataset", "model", "item_id", "seed", "edit_category"]
 
 
 def load_long(results_dir: str | Path, edits: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -183,7 +203,7 @@ def summary_table(results_dir: str | Path, edits: pd.DataFrame | None = None) ->
     edits = load_edits(results_dir) if edits is None else edits
     if edits.empty:
         return pd.DataFrame()
-    index = (["dataset"] if edits["dataset"].nunique() > 1 else []) + ["method", "point"]
+    index = row_index(edits)
     table = edits.groupby(index).agg(n=("status", lambda s: int((s == "ok").sum())),
                                      failed=("status", lambda s: int((s == "failed").sum())))
     ok = edits[edits["status"] == "ok"]
@@ -220,16 +240,21 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
 
 
 def best_rows(table: pd.DataFrame, column: str) -> set[int]:
-    """Row positions to bold in a ↑/↓ column: the significant best of a summary table (``<id> best``),
-    else the best value (ties all count; NaN never wins)."""
+    """Row positions to bold in a ↑/↓ column: the significant best of a summary table (``<id> best``), else
+    the best value among rows of the same dataset and model (ties all count; NaN never wins)."""
     significant = table_stats.best_flags(table, column, header_metric_id(column))
     if significant is not None:
         return significant
-    values = pd.to_numeric(table[column], errors="coerce")
-    if values.notna().sum() < 2:  # a single row or value: nothing to compare
-        return set()
-    best = values.max() if column.endswith("↑") else values.min()
-    return {i for i, v in enumerate(values) if pd.notna(v) and math.isclose(v, best, rel_tol=1e-12, abs_tol=1e-15)}
+    values = pd.to_numeric(table[column], errors="coerce").reset_index(drop=True)
+    best_positions: set[int] = set()
+    for group in comparable_groups(table):
+        group_values = values.iloc[group]
+        if group_values.notna().sum() < 2:  # a single row or value: nothing to compare
+            continue
+        best = group_values.max() if column.endswith("↑") else group_values.min()
+        best_positions |= {i for i, v in group_values.items()
+                           if pd.notna(v) and math.isclose(v, best, rel_tol=1e-12, abs_tol=1e-15)}
+    return best_positions
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -362,7 +387,10 @@ def paper_comparison(results_dir: str | Path, paper: pd.DataFrame, edits: pd.Dat
                 sel = sel[sel["dataset"] == p["dataset"]]
             point = defaults.get(p["method"])
             sel = sel[sel["point"] == point] if point is not None else sel.iloc[0:0]
-            if not sel.empty:
+            if sel["model"].nunique() > 1:  # never one number from several models
+                log.warning("paper %s / %s: our %s records come from %d models; not compared", p["paper_method"],
+                            p["metric_id"], p["method"], sel["model"].nunique())
+            elif not sel.empty:
                 scale = float(sel["display_scale"].iloc[0])
                 ours = float(pd.to_numeric(sel["value"], errors="coerce").mean() * scale)
         paper_value = float(p["value"]) / float(p["paper_scale"]) * scale  # paper units → ours
@@ -418,6 +446,13 @@ def write_tables(results_dir: str | Path, papers: Iterable[str] | None = None,
     write_text(paths["md"], to_markdown(table))
     write_text(paths["csv"], table.to_csv(index=False))
     write_text(paths["tex"], to_latex(table))
+    excluded = split_current(load_all_edits(results_dir))[1] if not edits.empty else pd.DataFrame()
+    if not excluded.empty:  # counted and listed, never silently dropped
+        write_text(paths["md"], to_markdown(table) + f"\n_{len(excluded)} record(s) excluded (superseded failures, "
+                   "stale results): tables/excluded.csv_\n")
+        paths["excluded"] = out / "excluded.csv"
+        write_text(paths["excluded"], excluded[["dataset", "model", "method", "point", "item_id", "seed", "status",
+                                                "key", "reason"]].to_csv(index=False))
     if not edits.empty:
         failed = edits[edits["status"] == "failed"][["method", "point", "item_id", "error"]]
         write_text(out / "failures.csv", failed.to_csv(index=False))

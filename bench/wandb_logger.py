@@ -1,7 +1,10 @@
 """Weights & Biases mirror of one job's results (``logger=wandb``; conf/logger/wandb.yaml).
 
-``log_results(cfg, results_dir, summary)`` is called by ``bench.runner.run_from_config`` after the job
-(edits, metrics, tables). It logs, in one W&B run per job:
+A logger is a ``_target_`` object (like Hydra's callbacks): ``bench.runner.run_from_config``
+instantiates ``cfg.logger`` after the job (edits, metrics, tables) and calls
+``log_job(config, label, results_dir, summary, records)`` with what the job wrote (its summary and
+its edit records, done earlier or now); the logger never calls back into the runner nor re-lists the
+dataset. It logs, in one W&B run per job:
 
 - the resolved config (a plain dict: W&B cannot take a DictConfig; also as editbench_config.yaml);
 - ``edits``: a ``wandb.Table`` with one row per edit record of this job (item, prompts, point, seed,
@@ -10,15 +13,14 @@
 - summary metrics: the job's counts and cost, and the mean of every metric over its ok items;
 - the results dir's ``tables/`` as an ``eval_results`` artifact.
 
-It works with ``WANDB_MODE=offline`` (files under ``<logger.dir>/wandb/offline-run-*``; upload later
-with ``wandb sync``) and ``disabled``. The run is always finished: on an error during logging it is
+It works with ``WANDB_MODE=offline`` (files under ``<dir>/wandb/offline-run-*``; upload later with
+``wandb sync``) and ``disabled``. The run is always finished: on an error during logging it is
 finished with a non-zero exit code and the error is raised (the records on disk are untouched).
-With ``logger.name`` other than ``wandb`` nothing is imported and nothing happens.
+With ``logger=none`` (no ``_target_``) nothing is imported and nothing happens.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -33,36 +35,6 @@ log = logging.getLogger(__name__)
 
 class WandbLoggingError(RuntimeError):
     """Logging to W&B failed (the job's results on disk are complete)."""
-
-
-def enabled(cfg: DictConfig) -> bool:
-    return OmegaConf.select(cfg, "logger.name", default="none") == "wandb"
-
-
-def job_records(cfg: DictConfig, results_dir: Path) -> pd.DataFrame:
-    """This job's edit records: same method label, hyperparameters, dataset and seed (all shards of the
-    same job share them; the shard's items are selected by item id when the dataset is sharded)."""
-    from bench.runner import dataset_from_config, method_from_config, method_label, select_shard
-    from bench.tables import load_edits
-
-    edits = load_edits(results_dir)
-    if edits.empty:
-        return edits
-    method, _ = method_from_config(cfg.method)
-    dataset, shard, num_shards = dataset_from_config(cfg.dataset)
-    hparams = json.dumps(method.hparams(), sort_keys=True, default=str)
-    mine = edits[(edits["method"] == method_label(cfg)) & (edits["dataset"] == dataset.name)
-                 & (edits["seed"] == int(cfg.seed))]
-    mine = mine[[json.dumps(json.loads(h), sort_keys=True, default=str) == hparams for h in mine["hparams"]]]
-    if num_shards > 1 or cfg.get("limit"):
-        try:
-            items = select_shard(dataset.items(), shard, num_shards)
-            if cfg.get("limit"):
-                items = items[: int(cfg.limit)]
-            mine = mine[mine["item_id"].isin({item.item_id for item in items})]
-        except Exception as err:  # listing the dataset failed: log every record of the job's point
-            log.warning("W&B: cannot list the shard's items (%s); logging all records of this point", err)
-    return mine
 
 
 def _metric_wide(results_dir: Path, keys: list[str]) -> pd.DataFrame:
@@ -126,52 +98,56 @@ def _artifact_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:120] or "results"
 
 
-def log_results(cfg: DictConfig, results_dir: str | Path, summary: Any) -> str | None:
-    """Mirror one finished job to W&B (no-op unless ``logger.name == "wandb"``); returns the run dir
-    (None when disabled). ``summary``: the runner's JobSummary (or a dict)."""
-    if not enabled(cfg):
-        return None
-    import wandb
+class WandbLogger:
+    """``log_job`` mirrors one finished job to W&B (see the module docstring)."""
 
-    from bench.runner import method_label
+    def __init__(self, project: str = "editbench", entity: str | None = None, group: str | None = None,
+                 tags: list[str] | None = None, mode: str | None = None, dir: str | None = None,
+                 max_images: int = 64, log_tables: bool = True):
+        self.project, self.entity, self.group, self.tags = project or "editbench", entity, group, list(tags or [])
+        self.mode, self.dir, self.max_images, self.log_tables = mode or None, dir, int(max_images), bool(log_tables)
 
-    results_dir = Path(results_dir)
-    logger = OmegaConf.to_container(cfg.logger, resolve=True)
-    config = resolved_config(cfg)
-    label = method_label(cfg)
-    job = summary.as_dict() if hasattr(summary, "as_dict") else dict(summary or {})
-    run_dir = Path(logger.get("dir") or results_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=logger.get("project") or "editbench", entity=logger.get("entity"),
-                     group=logger.get("group"), job_type=label, tags=list(logger.get("tags") or []),
-                     dir=str(run_dir), config=config, mode=logger.get("mode") or None, reinit="finish_previous")
-    exit_code = 1
-    try:
-        records = job_records(cfg, results_dir)
-        # the resolved config also as a file of the run (W&B's Files tab; readable in offline run dirs)
-        if getattr(run, "dir", None) and not run.disabled:
-            (Path(run.dir) / "editbench_config.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
-        if not records.empty:
-            max_images = int(logger.get("max_images", 64))
-            table, means = build_table(records, results_dir, max_images)
-            ok = records[(records["status"] == "ok") & records["edited"].notna()].head(max_images)
-            images = [wandb.Image(str(results_dir / r["edited"]), caption=f"{r['item_id']}: {r['target_prompt']}")
-                      for _, r in ok.iterrows()]
-            run.log({"edits": table, **({"edited_images": images} if images else {})})
-            run.summary.update(means)
-        run.summary.update({f"job/{k}": v for k, v in job.items() if isinstance(v, (int, float))})
-        run.summary["job/items_logged"] = len(records)
-        if logger.get("log_tables", True) and (results_dir / "tables").is_dir():
-            artifact = wandb.Artifact(_artifact_name(f"tables-{cfg.get('run_name', 'results')}"), type="eval_results",
-                                      description=f"tables of {results_dir}")
-            for path in sorted((results_dir / "tables").iterdir()):
-                if path.is_file() and ".tmp-" not in path.name:
-                    artifact.add_file(str(path), name=path.name)
-            run.log_artifact(artifact)
-        exit_code = 0
-    except Exception as err:
-        raise WandbLoggingError(f"W&B logging of {results_dir} failed ({type(err).__name__}: {err}); the "
-                                "results on disk are complete, rerun with logger=wandb to log them again") from err
-    finally:
-        run.finish(exit_code=exit_code)
-    return getattr(run.settings, "sync_dir", None)
+    def log_job(self, config: DictConfig, label: str, results_dir: str | Path, summary: Any,
+                records: list[dict[str, Any]]) -> str | None:
+        """Log the job's ``records`` (edit record dicts) and ``summary`` (JobSummary or dict); returns the
+        run's sync dir."""
+        import wandb
+
+        from bench.tables import edits_frame
+
+        results_dir = Path(results_dir)
+        resolved = resolved_config(config)
+        job = summary.as_dict() if hasattr(summary, "as_dict") else dict(summary or {})
+        run_dir = Path(self.dir or results_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(project=self.project, entity=self.entity, group=self.group, job_type=label, tags=self.tags,
+                         dir=str(run_dir), config=resolved, mode=self.mode, reinit="finish_previous")
+        exit_code = 1
+        try:
+            frame = edits_frame(records)
+            # the resolved config also as a file of the run (W&B's Files tab; readable in offline run dirs)
+            if getattr(run, "dir", None) and not run.disabled:
+                (Path(run.dir) / "editbench_config.yaml").write_text(OmegaConf.to_yaml(resolved), encoding="utf-8")
+            if not frame.empty:
+                table, means = build_table(frame, results_dir, self.max_images)
+                ok = frame[(frame["status"] == "ok") & frame["edited"].notna()].head(self.max_images)
+                images = [wandb.Image(str(results_dir / r["edited"]), caption=f"{r['item_id']}: {r['target_prompt']}")
+                          for _, r in ok.iterrows()]
+                run.log({"edits": table, **({"edited_images": images} if images else {})})
+                run.summary.update(means)
+            run.summary.update({f"job/{k}": v for k, v in job.items() if isinstance(v, (int, float))})
+            run.summary["job/items_logged"] = len(frame)
+            if self.log_tables and (results_dir / "tables").is_dir():
+                artifact = wandb.Artifact(_artifact_name(f"tables-{resolved.get('run_name', 'results')}"),
+                                          type="eval_results", description=f"tables of {results_dir}")
+                for path in sorted((results_dir / "tables").iterdir()):
+                    if path.is_file() and ".tmp-" not in path.name:
+                        artifact.add_file(str(path), name=path.name)
+                run.log_artifact(artifact)
+            exit_code = 0
+        except Exception as err:
+            raise WandbLoggingError(f"W&B logging of {results_dir} failed ({type(err).__name__}: {err}); the "
+                                    "results on disk are complete, rerun with logger=wandb to log them again") from err
+        finally:
+            run.finish(exit_code=exit_code)
+        return getattr(run.settings, "sync_dir", None)

@@ -18,13 +18,13 @@ import yaml
 from bench.data.download import (
     DownloadError,
     NetworkError,
-    ShaLock,
     UnverifiedDownloadWarning,
     extract_members,
     fetch,
     http_download,
 )
-from bench.data.manifest import LOCK_NAME, ManifestDataset, load_manifest
+from bench.data.locks import LOCK_NAME, ShaLock
+from bench.data.manifest import ManifestDataset, load_manifest
 
 
 def sha(data: bytes) -> str:

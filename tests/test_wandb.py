@@ -46,6 +46,21 @@ def wandb_cfg(job, tmp_path, *extra):
                                                             "run_name=wb_test", *extra], results)
 
 
+def log_results(cfg, results: Path, summary: dict):
+    """What the runner does after a job: instantiate ``cfg.logger`` and hand it the job's records."""
+    from omegaconf import OmegaConf
+
+    from bench import records
+    from bench.config import instantiate
+
+    logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True)
+    if not logger_cfg.get("_target_"):
+        return None
+    return instantiate(logger_cfg, what="logger").log_job(config=cfg, label="sdedit", results_dir=results,
+                                                          summary=summary,
+                                                          records=list(records.iter_edit_records(results)))
+
+
 def only_run_dir(root: Path) -> Path:
     runs = sorted((root / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
@@ -53,8 +68,6 @@ def only_run_dir(root: Path) -> Path:
 
 
 def test_offline_run_holds_config_table_images_and_artifact(job, tmp_path):
-    from bench.wandb_logger import log_results
-
     _, results = job
     log_results(wandb_cfg(job, tmp_path, "logger.mode=offline"), results, {"ok": 2, "failed": 0})
     run_dir = only_run_dir(tmp_path / "wb")
@@ -79,16 +92,12 @@ def test_offline_run_holds_config_table_images_and_artifact(job, tmp_path):
 
 
 def test_disabled_mode_writes_nothing(job, tmp_path):
-    from bench.wandb_logger import log_results
-
     _, results = job
     log_results(wandb_cfg(job, tmp_path, "logger.mode=disabled"), results, {"ok": 2})
     assert not (tmp_path / "wb" / "wandb").exists()
 
 
 def test_logger_none_is_a_no_op(job, tmp_path):
-    from bench.wandb_logger import log_results
-
     data, results = job
     assert log_results(compose_config(FAST + dataset_overrides(data), results), results, {}) is None
 
@@ -112,7 +121,7 @@ def test_run_is_finished_when_logging_fails(job, tmp_path, monkeypatch):
     monkeypatch.setattr(wl, "build_table", broken)
     _, results = job
     with pytest.raises(wl.WandbLoggingError, match="disk gone"):
-        wl.log_results(wandb_cfg(job, tmp_path, "logger.mode=offline"), results, {"ok": 2})
+        log_results(wandb_cfg(job, tmp_path, "logger.mode=offline"), results, {"ok": 2})
     assert finished and finished[-1] == 1
     assert wandb.run is None  # nothing left open for the next job of a sweep
 

@@ -32,9 +32,10 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Callable
 
-from bench.data.manifest import LOCK_NAME, ImageEntry, Manifest, cache_path, lock_file
+from bench.data.locks import LOCK_NAME, ShaLock, lock_file
+from bench.data.manifest import ImageEntry, Manifest, cache_path
 from bench.fingerprint import file_sha256
-from bench.io import TMP_MARK, read_json, write_json
+from bench.io import TMP_MARK
 
 USER_AGENT = "editbench-data-fetch/1"
 CHUNK = 1 << 20
@@ -52,29 +53,6 @@ class NetworkError(DownloadError):
 
 class UnverifiedDownloadWarning(UserWarning):
     """A file whose sha256 is not in the manifest was trusted on first use (hash recorded in the lock)."""
-
-
-class ShaLock:
-    """A JSON map ``relative path → sha256`` written atomically next to the files it describes."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def read(self) -> dict[str, str]:
-        if not self.path.is_file():
-            return {}
-        data = read_json(self.path)
-        if not isinstance(data, dict):
-            raise DownloadError(f"{self.path}: lock file is not a JSON object; delete it to re-learn the hashes")
-        return data
-
-    def get(self, key: str) -> str | None:
-        return self.read().get(key)
-
-    def set(self, key: str, sha256: str) -> None:
-        data = self.read()
-        data[key] = sha256
-        write_json(self.path, data)
 
 
 @dataclass
@@ -248,7 +226,7 @@ def fetch(manifest: Manifest, data_dir: str | os.PathLike, *, retries: int = 3, 
     data_dir = Path(data_dir)
     log = log or (lambda message: None)
     report = FetchReport(manifest.name)
-    lock = ShaLock(lock_file(manifest, data_dir))
+    lock = ShaLock(lock_file(data_dir, manifest.name))
     by_archive: dict[str, list[ImageEntry]] = {}
     unreachable: list[tuple[str, Path, str | None]] = []  # after a network failure: (url, drop here, sha256)
 

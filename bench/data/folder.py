@@ -9,6 +9,9 @@
       category: horse2zebra              # optional
       mask: masks/horse_1.png            # optional ground-truth edit region (white = edited)
 
+Files must lie inside ``root``: a symlink that resolves outside it is refused. A listed image that does
+not exist fails its items only (recorded as failed edits), not the whole job.
+
 ``root/prompts.csv`` — one row per (image, target prompt); header
 ``image,source_prompt,target_prompt[,blend_source,blend_target,category,mask]``. Rows of one image
 must share its source prompt.
@@ -108,6 +111,15 @@ class FolderDataset(Dataset):
         return {"name": self.name, "version": self.version,
                 "prompts_sha256": file_sha256(path) if path and path.is_file() else None}
 
+    def _inside_root(self, relative: str, prompts: Path) -> Path:
+        """``root/relative``, refusing a symlink that leads outside the dataset folder."""
+        candidate = self.root / relative
+        resolved, root = candidate.resolve(), self.root.resolve()
+        if not resolved.is_relative_to(root):
+            raise ManifestError(f"{prompts}: {relative!r} resolves to {resolved}, outside the dataset folder {root} "
+                                "(a symlink); copy the file into the folder")
+        return candidate
+
     def items(self) -> list[EditItem]:
         if self.root is None:
             raise ManifestError(f"{self.name}: no folder given; set dataset.root=/path/to/folder (or EDITBENCH_FOLDER)")
@@ -117,12 +129,11 @@ class FolderDataset(Dataset):
         rows = _read_csv(path) if path.suffix.lower() == ".csv" else _read_yaml(path)
         items = []
         for image, source, edits, mask in rows:
-            image_path = self.root / image
-            if not image_path.is_file():
-                raise ManifestError(f"{path}: image {image!r} not found at {image_path}")
+            # a missing image is an item-level failure (recorded by the runner); the other items still run
+            image_path = self._inside_root(image, path)
             mask_path = None
             if mask:
-                mask_path = self.root / mask
+                mask_path = self._inside_root(mask, path)
                 if not mask_path.is_file():
                     raise ManifestError(f"{path}: mask {mask!r} of image {image!r} not found at {mask_path}")
             image_id = Path(image).with_suffix("").as_posix()

@@ -40,9 +40,9 @@ import yaml
 
 from bench.data.base import Dataset, check_unique_ids
 from bench.data.item import EditItem, ItemError
+from bench.data.locks import ShaLock, lock_file
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-LOCK_NAME = "sha256.lock.json"
 
 
 class ManifestError(ItemError):
@@ -113,6 +113,14 @@ def _relative(value: str, where: str, name: str) -> str:
     if not path.parts or ".." in path.parts:
         raise ManifestError(f"{where}: field '{name}'={value!r}; expected a relative path without '..'")
     return path.as_posix()
+
+
+def _file_name(value: str, where: str, name: str) -> str:
+    """A single path component (a dataset or archive name joined under the cache): no '/', '..' or drive."""
+    if value in (".", "..") or any(sep in value for sep in ("/", "\\", ":")) or value.startswith("~"):
+        raise ManifestError(f"{where}: field '{name}'={value!r}; expected a plain name (no '/', '..', '~' or drive): "
+                            "it names a folder or file inside the download cache")
+    return value
 
 
 def parse_blend_words(value: Any, where: str) -> tuple[str, str] | None:
@@ -223,6 +231,7 @@ def _parse_archives(raw: Any, where: str) -> dict[str, Archive]:
         if sha is not None and not SHA256_RE.match(str(sha).lower()):
             raise ManifestError(f"{awhere}: field 'sha256'={sha!r}; expected 64 hex digits or null")
         filename = _text(spec.get("filename"), awhere, "filename", required=False) or PurePosixPath(url).name
+        filename = _file_name(filename, awhere, "filename")
         archives[str(key)] = Archive(str(key), url, str(sha).lower() if sha else None, filename)
     return archives
 
@@ -240,7 +249,7 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: expected a mapping with 'name', 'version' and 'images'")
     where = str(path)
-    name = _text(data.get("name"), where, "name")
+    name = _file_name(_text(data.get("name"), where, "name"), where, "name")
     version = _text(data.get("version"), where, "version")
     archives = _parse_archives(data.get("archives"), where)
     images_raw = data.get("images")
@@ -290,19 +299,12 @@ def cache_path(manifest: Manifest, data_dir: str | os.PathLike, entry: ImageEntr
     return Path(data_dir) / manifest.name / entry.file
 
 
-def lock_file(manifest: Manifest, data_dir: str | os.PathLike) -> Path:
-    """The sidecar lock that records hashes learnt on first use (entries whose sha256 is null)."""
-    return Path(data_dir) / manifest.name / LOCK_NAME
-
-
 def _expected_sha(manifest: Manifest, data_dir: str | os.PathLike | None, entry: ImageEntry) -> str | None:
     if entry.sha256:
         return entry.sha256
     if data_dir is None:
         return None
-    from bench.data.download import ShaLock  # local import: download imports this module
-
-    return ShaLock(lock_file(manifest, data_dir)).get(entry.file)
+    return ShaLock(lock_file(data_dir, manifest.name)).get(entry.file)
 
 
 class ManifestDataset(Dataset):
