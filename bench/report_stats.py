@@ -7,7 +7,7 @@ from html import escape
 
 import pandas as pd
 
-from bench import stats, table_stats
+from bench import comparisons, stats, table_stats
 from bench.tables import metric_header
 
 
@@ -35,7 +35,7 @@ def comparison_section(long: pd.DataFrame, edits: pd.DataFrame) -> list[str]:
             f"bold = p &lt; {stats.ALPHA:g} ({_esc(table_stats.TEST_NAME)}), green: the row is significantly "
             f"better, red: worse; hover for the p-value and the {stats.LEVEL:.0%} bootstrap interval.</p>")
     parts = ["<h2>Method vs method</h2>", note]
-    for metric_id, frame in table_stats.default_item_values(long, edits).items():
+    for metric_id, frame in comparisons.default_item_values(long, edits).items():
         first = long.loc[long["metric_id"] == metric_id].iloc[0]
         higher = bool(first["higher_is_better"])
         diff, p, ci = table_stats.pairwise_matrix(frame)

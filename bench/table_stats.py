@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
+from bench.formatting import format_number
 from bench.rows import CONTEXT_COLUMNS
 
 ITEM_KEYS = ["dataset", "item_id"]
@@ -99,13 +100,11 @@ def best_flags(table: pd.DataFrame, column: str, metric_id: str) -> set[int] | N
 
 def cell_text(text: str, row: pd.Series, metric_id: str) -> str:
     """'mean' → 'mean ± se' (+ ' (seeds ± se_seed)' for stochastic methods run with several seeds)."""
-    from bench.tables import _fmt
-
     se, se_seed = row.get(f"{metric_id} se"), row.get(f"{metric_id} se_seed")
     if se is not None and pd.notna(se):
-        text = f"{text} ± {_fmt(float(se), 2)}"
+        text = f"{text} ± {format_number(float(se), 2)}"
     if se_seed is not None and pd.notna(se_seed):
-        text = f"{text} (seeds ± {_fmt(float(se_seed), 2)})"
+        text = f"{text} (seeds ± {format_number(float(se_seed), 2)})"
     return text
 
 
@@ -117,52 +116,6 @@ def table_note(table: pd.DataFrame) -> str:
             f"component of stochastic methods; bold = best and better than the runner-up at p < {stats.ALPHA:g} "
             f"({TEST_NAME}); the CSV adds the {stats.LEVEL:.0%} bootstrap interval over items "
             f"({stats.N_BOOT} resamples, seed {stats.SEED}). See docs/metrics.md, Statistics.")
-
-
-# ----------------------------------------------------------------------------------------------
-# method vs method
-
-
-def default_item_values(long: pd.DataFrame, edits: pd.DataFrame, conf_dir=None) -> dict[str, pd.DataFrame]:
-    """metric id → DataFrame (items × method labels) of item means at each method's default point
-    (display scale applied); methods without a default point are left out."""
-    from bench.tables import default_points
-
-    defaults = default_points(edits, conf_dir)
-    long = long[[defaults.get(m) == p for m, p in zip(long["method"], long["point"])]]
-    out = {}
-    for metric_id, group in long.groupby("metric_id", sort=False):
-        scaled = group.assign(value=pd.to_numeric(group["value"], errors="coerce") * group["display_scale"])
-        out[str(metric_id)] = item_means(scaled, ["method"]).unstack("method")
-    return out
-
-
-def compare_methods(long: pd.DataFrame, edits: pd.DataFrame, a: str, b: str, conf_dir=None) -> pd.DataFrame:
-    """One row per metric: A − B at each method's default point on the items both scored (a metric
-    only one of them has gets n = 0 and empty cells)."""
-    from bench.tables import default_points, metric_header
-
-    methods, defaults = set(edits["method"]), default_points(edits, conf_dir)
-    for name in (a, b):
-        if name not in methods:
-            raise ValueError(f"--compare: no records of method {name!r}; methods here: {sorted(methods)}")
-        if name not in defaults:
-            points = sorted(set(edits.loc[edits["method"] == name, "point"]))
-            raise ValueError(f"--compare: {name!r} has several points and none has the values of "
-                             f"conf/method/{name}.yaml; points: {points}")
-    rows = []
-    for metric_id, frame in default_item_values(long, edits, conf_dir).items():
-        first = long.loc[long["metric_id"] == metric_id].iloc[0]
-        higher = bool(first["higher_is_better"])
-        missing = pd.Series(np.nan, index=frame.index)
-        r = stats.paired_test(frame.get(a, missing).to_numpy(), frame.get(b, missing).to_numpy())
-        better = "--"
-        if r.significant():
-            better = a if (r.diff > 0) == higher else b
-        rows.append({"metric": metric_header(metric_id, float(first["display_scale"]), higher), "n": r.n,
-                     a: r.mean_a, b: r.mean_b, f"{a} − {b}": r.diff, "se": r.se, "ci_low": r.ci_low,
-                     "ci_high": r.ci_high, "p": r.p_value, "significantly better": better})
-    return pd.DataFrame(rows)
 
 
 def pairwise_matrix(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -213,13 +166,11 @@ def agreement_basis(paper: pd.DataFrame, edits: pd.DataFrame) -> str:
     return f"proxy: {world} vs the paper's {published}" + (", and another model" if world == "the toy world" else "")
 
 def rank_agreement_markdown(ranks: pd.DataFrame, basis: str) -> str:
-    from bench.tables import _fmt
-
     if ranks.empty:
         return ""
     lines = [f"Rank agreement with the published values ({basis}):", "",
              "| " + " | ".join(ranks.columns) + " |", "|" + "|".join("---" for _ in ranks.columns) + "|"]
-    lines += ["| " + " | ".join(_fmt(v, 3) for v in row) + " |" for row in ranks.itertuples(index=False)]
+    lines += ["| " + " | ".join(format_number(v, 3) for v in row) + " |" for row in ranks.itertuples(index=False)]
     if note := rank_note(int(ranks["methods"].max())):
         lines += ["", note]
     return "\n" + "\n".join(lines) + "\n"

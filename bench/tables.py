@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import numbers
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
 from bench import records, table_stats
+from bench.formatting import format_number
 from bench.io import write_text
 from bench.rows import add_row_labels, comparable_groups, record_identity, row_index, split_current
 
@@ -257,19 +257,6 @@ def best_rows(table: pd.DataFrame, column: str) -> set[int]:
     return best_positions
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "--"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    value = float(value)
-    if abs(value) >= 10 ** digits:
-        return f"{value:.0f}"
-    return f"{value:.{digits}g}"
 
 
 def display_cells(table: pd.DataFrame, digits: int = 4) -> tuple[list[str], list[list[str]], list[list[bool]]]:
@@ -281,7 +268,7 @@ def display_cells(table: pd.DataFrame, digits: int = 4) -> tuple[list[str], list
     for i, (_, row) in enumerate(table.iterrows()):
         cells, marks = [], []
         for column in shown:
-            text = _fmt(row[column], digits)
+            text = format_number(row[column], digits)
             if column in bold_cols:
                 metric_id = header_metric_id(column)
                 text = table_stats.cell_text(text, row, metric_id)
@@ -425,7 +412,7 @@ def paper_markdown(comparison: pd.DataFrame) -> str:
         cells = []
         for h in headers:
             v = row[h]
-            cells.append(f"{v:+.4g}" if h.endswith("Δ") and isinstance(v, float) and not math.isnan(v) else _fmt(v))
+            cells.append(f"{v:+.4g}" if h.endswith("Δ") and isinstance(v, float) and not math.isnan(v) else format_number(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -4,8 +4,9 @@ As diffusers' StableDiffusionImg2ImgPipeline: with N inference steps and strengt
 index is N − int(N·s); the VAE latent x_0 — a sample of the encoder posterior N(μ, σ²) drawn with the
 job's generator, as ``retrieve_latents(sample_mode="sample")`` does (``encode_sample=False``: the mean μ) —
 is noised to the first remaining timestep t_s with ``scheduler.add_noise``
-(x_{t_s} = √ᾱ_{t_s} x_0 + √(1−ᾱ_{t_s}) ε), then the remaining int(N·s) steps are denoised with the *target* prompt and classifier-free guidance w. Defaults = diffusers'
-img2img defaults (strength 0.8, 50 steps, w 7.5, η 0). Cost: 2·int(N·s) UNet evaluations (1× when w=1).
+(x_{t_s} = √ᾱ_{t_s} x_0 + √(1−ᾱ_{t_s}) ε), then the remaining int(N·s) steps are denoised with the
+*target* prompt and classifier-free guidance w. Defaults = diffusers' img2img defaults (strength 0.8,
+50 steps, w 7.5, η 0). Cost: 2·int(N·s) UNet evaluations (1× when w=1).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from methods.steps import cfg_passes, ddim_step, gaussian_like, guided_noise
 @dataclass
 class SDEdit(Method):
     name = "sdedit"
-    version = "1"
+    version = "2"  # 2: the VAE latent is a posterior sample (was the mean)
     inversion_fields = ("encode_sample",)
     stochastic = True
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.models import build_scheduler
-from bench.perf import reference_hooks, reference_loops
+from bench.perf import pairs, reference_hooks
 from bench.perf.grid import grid_specs, run_grid
 from bench.perf.measure import UNetLatency, measure_unet_timings, model_seconds, overhead_ratio
 from bench.perf.report import method_rows
@@ -84,9 +84,9 @@ def test_baseline_and_method_agree(label, perf_pipe, perf_item):
     item, image = perf_item
     spec = method_spec(label, "tiny_random", STEPS, INNER)
     perf_pipe.scheduler = build_scheduler(spec.scheduler_cfg)
-    pair = reference_loops.pair_for(spec.method, label)
+    pair = pairs.pair_for(spec.method, label)
     if pair is None:
-        pytest.skip(f"{label}: {reference_loops.NO_REFERENCE_LOOP} (opt-in)")
+        pytest.skip(f"{label}: {pairs.NO_REFERENCE_LOOP} (opt-in)")
     counter = perf_pipe.counter
     before = counter.snapshot()
     ours = pair.method_run(perf_pipe, image, item)
@@ -118,12 +118,12 @@ def test_a_subclass_does_not_inherit_its_parents_baseline(perf_pipe, perf_item):
     item, image = perf_item
     parent = method_spec("ddim_p2p", "tiny_random", STEPS)
     child = MethodSpec("source_weighted_p2p", SourceWeightedP2P(num_steps=STEPS), parent.scheduler_cfg, {})
-    assert reference_loops.pair_for(parent.method, "ddim_p2p") is not None
+    assert pairs.pair_for(parent.method, "ddim_p2p") is not None
     assert compare_with_baseline(perf_pipe, child, image, item, repeats=1, seed=0) is None
     rows = method_rows(SimpleNamespace(methods=[
         failed_result("source_weighted_p2p", STEPS, RuntimeError("x")),
         replace(failed_result("source_weighted_p2p", STEPS, RuntimeError("x")), has_reference_loop=False)]))
-    assert [row["baseline_calls"] for row in rows] == ["-", reference_loops.NO_REFERENCE_LOOP]
+    assert [row["baseline_calls"] for row in rows] == ["-", pairs.NO_REFERENCE_LOOP]
 
 
 def test_baseline_comparison_detects_a_different_edit(perf_pipe, perf_item):
@@ -132,8 +132,8 @@ def test_baseline_comparison_detects_a_different_edit(perf_pipe, perf_item):
     spec = method_spec("ef_ddpm", "tiny_random", STEPS)
     other = method_spec("ef_ddpm", "tiny_random", STEPS, extra={"guidance_scale": spec.method.guidance_scale - 2})
     perf_pipe.scheduler = build_scheduler(spec.scheduler_cfg)
-    ours = reference_loops.pair_for(spec.method, "ef_ddpm").method_run(perf_pipe, image, item)
-    theirs = reference_loops.pair_for(other.method, "ef_ddpm").reference_run(perf_pipe, image, item)
+    ours = pairs.pair_for(spec.method, "ef_ddpm").method_run(perf_pipe, image, item)
+    theirs = pairs.pair_for(other.method, "ef_ddpm").reference_run(perf_pipe, image, item)
     assert (ours - theirs).abs().max().item() > 100 * EQUAL_ATOL * max(1.0, theirs.abs().max().item())
 
 

@@ -26,8 +26,10 @@ def make_tables(args) -> int:
 
 def print_comparison(results_dir: Path, edits, a: str, b: str) -> int:
     from bench import stats
-    from bench.table_stats import TEST_NAME, compare_methods
-    from bench.tables import _fmt, load_long
+    from bench.comparisons import compare_methods
+    from bench.formatting import format_number
+    from bench.table_stats import TEST_NAME
+    from bench.tables import load_long
 
     try:
         frame = compare_methods(load_long(results_dir, edits), edits, a, b)
@@ -39,7 +41,7 @@ def print_comparison(results_dir: Path, edits, a: str, b: str) -> int:
     print("| " + " | ".join(frame.columns) + " |")
     print("|" + "|".join("---" for _ in frame.columns) + "|")
     for row in frame.itertuples(index=False):
-        print("| " + " | ".join(_fmt(v, 4) for v in row) + " |")
+        print("| " + " | ".join(format_number(v, 4) for v in row) + " |")
     return 0
 
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from bench.io import atomic_path
-from bench.perf.reference_loops import NO_REFERENCE_LOOP
+from bench.perf.pairs import NO_REFERENCE_LOOP
 
 METHOD_COLUMNS = ["method", "steps", "nfe_fwd", "nfe_bwd", "calls_by_batch", "wall_s", "invert_s", "edit_s",
                   "t_unet_ms", "unet_model_s", "overhead", "cpu_s", "overhead_cpu", "peak_mem_mb", "mem_increase_mb",

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from bench.models import build_scheduler
-from bench.perf import reference_loops
+from bench.perf import pairs
 from bench.perf.grid import DEFAULT_CFG_TAR, DEFAULT_SKIP_FRACTIONS, GridResult, run_grid
 from bench.perf.jobs import run_job
 from bench.perf.measure import (
@@ -164,7 +164,7 @@ def compare_with_baseline(pipe, spec, image, item, repeats: int, seed: int, refe
 
     ``reference_pipe`` (default: ``pipe``) runs the baseline, e.g. an fp32 copy while the method runs in
     fp16 (the GPU acceptance comparison); outputs are then compared but not asserted equal."""
-    pair = reference_loops.pair_for(spec.method, spec.label, seed)
+    pair = pairs.pair_for(spec.method, spec.label, seed)
     if pair is None:
         return None
     reference_pipe = reference_pipe or pipe
@@ -310,7 +310,7 @@ def run_perf(options: PerfOptions, log=print) -> PerfReport:
                     + (f" (CPU time: {result.overhead_cpu:.3f})" if result.overhead_cpu is not None else "")
                     + (f", baseline ×{result.baseline['speedup']:.2f} (Δ {result.baseline['max_abs_diff']:.2g})"
                        if result.baseline else "")
-                    + (f", {reference_loops.NO_REFERENCE_LOOP}" if result.has_reference_loop is False else ""))
+                    + (f", {pairs.NO_REFERENCE_LOOP}" if result.has_reference_loop is False else ""))
             report.methods.append(result)
         if options.grid:
             log(f"[perf] grid: {options.grid_method} {len(options.grid_skip)}×{len(options.grid_cfg)} ...")
