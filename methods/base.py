@@ -125,6 +125,23 @@ class Method:
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    # item batching ------------------------------------------------------------------------
+    def invert_batch(self, pipe: "EditPipeline", images: torch.Tensor, source_prompts: list[str],
+                     generators: list[torch.Generator]) -> list[Inversion]:
+        """Invert B items at once: ``images`` (B,3,H,W), one source prompt and one generator per item.
+
+        The default runs ``invert`` item by item. A method whose steps batch across items overrides this
+        (and ``edit_batch``) so that every UNet call carries all B items' rows; randomness is drawn per
+        item from that item's generator, so an item's result does not depend on B or on its neighbours."""
+        return [self.invert(pipe, images[i:i + 1], prompt, generator)
+                for i, (prompt, generator) in enumerate(zip(source_prompts, generators))]
+
+    def edit_batch(self, pipe: "EditPipeline", inversions: list[Inversion], items: list["EditItem"],
+                   generators: list[torch.Generator]) -> torch.Tensor:
+        """Edited images (B,3,H,W) in [-1, 1]; the default runs ``edit`` item by item."""
+        return torch.stack([self.edit(pipe, inversion, item, generator)
+                            for inversion, item, generator in zip(inversions, items, generators)])
+
     def declared_nfe(self, item: "EditItem") -> tuple[int, int] | None:
         """(inversion NFE, edit NFE) of one item by the formula in the method's docs, or None where the
         cost depends on the data (an optimisation's early stop). The contract test
@@ -138,3 +155,25 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+class ItemBatchedMethod(Method):
+    """A method whose batch forms are the primary ones: ``invert``/``edit`` are ``invert_batch``/``edit_batch``
+    at B = 1, so a single item and a batch run the same code (the contract test compares the two)."""
+
+    def invert(self, pipe, image, source_prompt, generator) -> Inversion:
+        return self.invert_batch(pipe, image, [source_prompt], [generator])[0]
+
+    def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
+        return self.edit_batch(pipe, [inversion], [item], [generator])[0]
+
+
+def stack_tensors(inversions: list[Inversion], name: str) -> torch.Tensor:
+    """One stored tensor of every item, concatenated along the batch dimension (item-major)."""
+    return torch.cat([inversion.tensors[name] for inversion in inversions])
+
+
+def split_inversions(tensors: dict[str, torch.Tensor], meta: dict[str, Any], batch: int) -> list[Inversion]:
+    """B per-item inversions from batched tensors whose first dimension is B·k (item-major)."""
+    return [Inversion({name: tensor.chunk(batch)[b].clone() for name, tensor in tensors.items()}, dict(meta))
+            for b in range(batch)]

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Inversion, Method, check_range
+from methods.base import Inversion, ItemBatchedMethod, check_range, split_inversions, stack_tensors
 from methods.steps import cfg_passes, ddim_inversion_loop, ddim_sampling_loop
 
 
 @dataclass
-class DDIM(Method):
+class DDIM(ItemBatchedMethod):
     name = "ddim"
     version = "1"
     inversion_fields = ("num_steps", "inversion_guidance_scale")
@@ -36,22 +36,29 @@ class DDIM(Method):
         check_range(self, "guidance_scale", 0.0, 100.0)
 
     @torch.no_grad()
-    def invert(self, pipe, image, source_prompt, generator) -> Inversion:
+    def invert_batch(self, pipe, images, source_prompts, generators) -> list[Inversion]:
         pipe.scheduler.set_timesteps(self.num_steps)
-        cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
-        trajectory = ddim_inversion_loop(pipe, pipe.encode_image(image), cond, uncond, self.inversion_guidance_scale)
-        return Inversion({"x_T": trajectory[-1]},
-                         {"timesteps": [int(t) for t in pipe.scheduler.timesteps]})
+        cond, uncond = pipe.encode_prompts(source_prompts), pipe.encode_prompts([""] * len(source_prompts))
+        trajectory = ddim_inversion_loop(pipe, pipe.encode_image(images), cond, uncond, self.inversion_guidance_scale)
+        meta = {"timesteps": [int(t) for t in pipe.scheduler.timesteps]}
+        return split_inversions({"x_T": trajectory[-1]}, meta, len(source_prompts))
 
     @torch.no_grad()
-    def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
-        """The edited latents, one row per branch (here: the target only)."""
+    def edit_latents_batch(self, pipe, inversions: list[Inversion], items) -> torch.Tensor:
+        """The edited latents of B items, one row per branch, item-major."""
         pipe.scheduler.set_timesteps(self.num_steps)
-        cond, uncond = pipe.encode_prompts([item.target_prompt, ""]).chunk(2)
-        return ddim_sampling_loop(pipe, inversion.tensors["x_T"], cond, uncond, self.guidance_scale)
+        cond = pipe.encode_prompts([item.target_prompt for item in items])
+        uncond = pipe.encode_prompts([""] * len(items))
+        return ddim_sampling_loop(pipe, stack_tensors(inversions, "x_T"), cond, uncond, self.guidance_scale)
 
-    def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
-        return pipe.decode_latents(self.edit_latents(pipe, inversion, item))[-1]
+    def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
+        """One item's edited latents, one row per branch."""
+        return self.edit_latents_batch(pipe, [inversion], [item])
+
+    def edit_batch(self, pipe, inversions, items, generators) -> torch.Tensor:
+        latents = self.edit_latents_batch(pipe, inversions, items)
+        rows = latents.shape[0] // len(items)
+        return pipe.decode_latents(latents[rows - 1::rows])  # each item's last branch: the target
 
     def declared_nfe(self, item) -> tuple[int, int]:
         steps = self.num_steps

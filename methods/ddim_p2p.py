@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import HyperparameterError, check_range
+from methods.base import HyperparameterError, check_range, stack_tensors
 from methods.ddim import DDIM
 from methods.p2p import AttentionLayer, P2PController, P2PEditHparams, attention_control
 from methods.steps import ddim_sampling_loop
@@ -93,15 +93,15 @@ class DDIMP2P(P2PEditHparams, DDIM):
                                       f"which has no LocalBlend; got local_blend={self.local_blend!r}")
 
     @torch.no_grad()
-    def edit_latents(self, pipe, inversion, item) -> torch.Tensor:
-        """[source, target] latents after editing."""
+    def edit_latents_batch(self, pipe, inversions, items) -> torch.Tensor:
+        """[source, target] latents of every item after editing, item-major (2B rows)."""
         pipe.scheduler.set_timesteps(self.num_steps)
-        cond = pipe.encode_prompts([item.source_prompt, item.target_prompt])
-        uncond = pipe.encode_prompts(["", ""])
-        scales = torch.tensor([self.source_guidance_scale, self.guidance_scale])
-        x_T = inversion.tensors["x_T"].expand(2, -1, -1, -1)
+        cond = pipe.encode_prompts([prompt for item in items for prompt in (item.source_prompt, item.target_prompt)])
+        uncond = pipe.encode_prompts([""] * 2 * len(items))
+        scales = torch.tensor([self.source_guidance_scale, self.guidance_scale] * len(items))
+        x_T = stack_tensors(inversions, "x_T").repeat_interleave(2, dim=0)
         controller_class = LowResourceQuirkController if self.reference_quirks else P2PController
-        controller = self.p2p_controller(pipe, item, self.num_steps, controller_class=controller_class)
+        controller = self.p2p_batch_controller(pipe, items, self.num_steps, controller_class=controller_class)
         with attention_control(pipe, controller):
             return ddim_sampling_loop(pipe, x_T, cond, uncond, scales, on_step=controller.step_callback)
 

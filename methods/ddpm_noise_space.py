@@ -29,13 +29,13 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import HyperparameterError, Inversion, Method, check_range
-from methods.p2p import AttentionController, attention_control
+from methods.base import HyperparameterError, Inversion, ItemBatchedMethod, check_range
+from methods.p2p import AttentionController, ItemBatchController, attention_control
 from methods.steps import cfg_passes, ef_extract_noise, ef_step, guided_noise, reference_autocast
 
 
 @dataclass
-class DDPMNoiseSpaceMethod(Method):
+class DDPMNoiseSpaceMethod(ItemBatchedMethod):
     """Base for methods that edit in DDPM noise space; subclasses choose the noising (and a controller)."""
 
     inversion_fields = ("num_steps", "eta", "inversion_guidance_scale")
@@ -77,13 +77,15 @@ class DDPMNoiseSpaceMethod(Method):
 
     # the shared loop ---------------------------------------------------------------------------
     @torch.no_grad()
-    def invert(self, pipe, image, source_prompt, generator) -> Inversion:
+    def invert_batch(self, pipe, images, source_prompts, generators) -> list[Inversion]:
         scheduler = pipe.scheduler
         scheduler.set_timesteps(self.num_steps)
         with reference_autocast(pipe):  # EF encodes under autocast("cuda")
-            x0 = pipe.encode_image(image)
-        xts = self.noise_trajectory(scheduler, x0, generator)
-        cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
+            x0 = pipe.encode_image(images)
+        # each item is noised from its own generator (independent of B), then stacked per grid step
+        per_item = [self.noise_trajectory(scheduler, x0[b:b + 1], generator) for b, generator in enumerate(generators)]
+        xts = [torch.cat(step) for step in zip(*per_item)]
+        cond, uncond = pipe.encode_prompts(source_prompts), pipe.encode_prompts([""] * len(source_prompts))
         ascending = scheduler.timesteps.flip(0)
         zs = [torch.empty(0)] * self.num_steps
         for n in range(self.num_steps, 0, -1):  # n = T … 1, as the reference
@@ -94,25 +96,32 @@ class DDPMNoiseSpaceMethod(Method):
             # but in floating point it makes the next ε̂ be evaluated at the very latent the reverse
             # process will produce, so reconstruction is exact to the last bit
             xts[n - 1] = ef_step(scheduler, xts[n], eps, int(t), self.eta, zs[n - 1])
-        return Inversion({"xts": torch.cat(xts), "zs": torch.cat(zs)},
-                         {"timesteps": [int(t) for t in ascending]})
+        meta = {"timesteps": [int(t) for t in ascending]}
+        return [Inversion({"xts": torch.cat([x[b:b + 1] for x in xts]), "zs": torch.cat([z[b:b + 1] for z in zs])},
+                          dict(meta)) for b in range(len(source_prompts))]
 
     @torch.no_grad()
-    def edit_latents(self, pipe, inversion: Inversion, item, z_hook=None) -> torch.Tensor:
-        """The edited latents, one row per branch. ``z_hook(n, t, x_t, ε̂, z_n) -> z_n`` may replace the
-        noise map of step n (EF-DDPM's colour manipulation; bench.analyses)."""
+    def edit_latents_batch(self, pipe, inversions: list[Inversion], items, z_hook=None) -> torch.Tensor:
+        """The edited latents of every item, one row per branch, item-major. ``z_hook(n, t, x_t, ε̂, z_n) -> z_n``
+        may replace the noise maps of step n (EF-DDPM's colour manipulation; bench.analyses)."""
         scheduler = pipe.scheduler
         scheduler.set_timesteps(self.num_steps)
-        prompts, scales = self.branches(item)
+        branches = [self.branches(item) for item in items]
+        rows = len(branches[0][0])
+        prompts = [prompt for item_prompts, _ in branches for prompt in item_prompts]
+        scales = [scale for _, item_scales in branches for scale in item_scales]
         cond, uncond = pipe.encode_prompts(prompts), pipe.encode_prompts([""] * len(prompts))
-        scale = scales[0] if len(scales) == 1 else torch.tensor(scales)
+        scale = scales[0] if rows == 1 else torch.tensor(scales)
         first = self.num_steps - self.skip
-        zs = inversion.tensors["zs"][:first].clone()
+        zs = torch.stack([inversion.tensors["zs"][:first] for inversion in inversions], dim=1)  # (first, B, …)
         if not self.keep_z1:
             zs[0] = 0  # the reference's z_1 = 0
-        latents = inversion.tensors["xts"][first:first + 1].expand(len(prompts), -1, -1, -1)
+        zs = zs.repeat_interleave(rows, dim=1)  # every branch of an item takes the item's z_n
+        latents = torch.cat([inversion.tensors["xts"][first:first + 1] for inversion in inversions])
+        latents = latents.repeat_interleave(rows, dim=0)  # x̃_{T−T_skip} for every branch
         ascending = scheduler.timesteps.flip(0)
-        controller = self.controller(pipe, item)
+        controllers = [self.controller(pipe, item) for item in items]
+        controller = None if controllers[0] is None else ItemBatchController(controllers)
         with attention_control(pipe, controller) if controller is not None else nullcontext():
             for n in range(first, 0, -1):
                 t = ascending[n - 1]
@@ -123,10 +132,15 @@ class DDPMNoiseSpaceMethod(Method):
                     latents = controller.step_callback(latents)
         return latents
 
-    def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
-        latents = self.edit_latents(pipe, inversion, item)
+    def edit_latents(self, pipe, inversion: Inversion, item, z_hook=None) -> torch.Tensor:
+        """One item's edited latents, one row per branch (``z_hook`` as in ``edit_latents_batch``)."""
+        return self.edit_latents_batch(pipe, [inversion], [item], z_hook)
+
+    def edit_batch(self, pipe, inversions, items, generators) -> torch.Tensor:
+        latents = self.edit_latents_batch(pipe, inversions, items)
+        rows = latents.shape[0] // len(items)
         with reference_autocast(pipe):  # EF decodes under autocast("cuda")
-            return pipe.decode_latents(latents)[-1]
+            return pipe.decode_latents(latents[rows - 1::rows])  # each item's last branch: the target
 
     def declared_nfe(self, item) -> tuple[int, int]:
         prompts, scales = self.branches(item)

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Inversion, Method, check_range
+from methods.base import Inversion, ItemBatchedMethod, check_range, stack_tensors
 from methods.p2p import P2PEditHparams, attention_control
 from methods.steps import cfg_passes, ddim_inversion_loop, ddim_sampling_loop
 
 
 @dataclass
-class InversionP2P(P2PEditHparams, Method):
+class InversionP2P(P2PEditHparams, ItemBatchedMethod):
     """Base class (not a registry entry): w = 1 DDIM inversion + P2P with PnPInversion's PIE-Bench settings."""
 
     inversion_fields = ("num_steps",)
@@ -45,42 +45,51 @@ class InversionP2P(P2PEditHparams, Method):
 
     # inversion ---------------------------------------------------------------------------
     @torch.no_grad()
-    def invert(self, pipe, image, source_prompt, generator) -> Inversion:
+    def invert_batch(self, pipe, images, source_prompts, generators) -> list[Inversion]:
         pipe.scheduler.set_timesteps(self.num_steps)
-        cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
-        trajectory = ddim_inversion_loop(pipe, pipe.encode_image(image), cond, uncond, 1.0)
-        return Inversion(self.inversion_tensors(trajectory), {"timesteps": [int(t) for t in pipe.scheduler.timesteps]})
+        cond, uncond = pipe.encode_prompts(source_prompts), pipe.encode_prompts([""] * len(source_prompts))
+        trajectory = ddim_inversion_loop(pipe, pipe.encode_image(images), cond, uncond, 1.0)
+        meta = {"timesteps": [int(t) for t in pipe.scheduler.timesteps]}
+        return [Inversion(self.inversion_tensors([x[b:b + 1] for x in trajectory]), dict(meta))
+                for b in range(len(source_prompts))]
 
     def inversion_tensors(self, trajectory: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """What the edit needs from the trajectory [x*_0, …, x*_T] (here x*_T)."""
+        """What the edit needs from one item's trajectory [x*_0, …, x*_T] (here x*_T)."""
         return {"x_T": trajectory[-1]}
 
     # editing -----------------------------------------------------------------------------
     def unconditional_rows(self, pipe, cond: torch.Tensor) -> torch.Tensor:
-        """The unconditional embeddings of [source, target] (here the empty prompt's)."""
+        """The unconditional embeddings of one item's [source, target] (here the empty prompt's)."""
         return pipe.encode_prompts(["", ""])
 
     def correct_step(self, inversion: Inversion, step: int, latents: torch.Tensor) -> torch.Tensor:
-        """The [source, target] latents after denoising step ``step`` (0-based), before P2P's step callback."""
+        """One item's [source, target] latents after denoising step ``step`` (0-based), before P2P's step
+        callback."""
         return latents
 
     @torch.no_grad()
-    def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
-        """[source, target] latents after editing."""
+    def edit_latents_batch(self, pipe, inversions: list[Inversion], items) -> torch.Tensor:
+        """[source, target] latents of every item after editing, item-major (2B rows)."""
         pipe.scheduler.set_timesteps(self.num_steps)
-        cond = pipe.encode_prompts([item.source_prompt, item.target_prompt])
-        x_T = inversion.tensors["x_T"].expand(2, -1, -1, -1)
-        controller = self.p2p_controller(pipe, item, self.num_steps)
+        conds = [pipe.encode_prompts([item.source_prompt, item.target_prompt]) for item in items]
+        uncond = torch.cat([self.unconditional_rows(pipe, cond) for cond in conds])
+        x_T = stack_tensors(inversions, "x_T").repeat_interleave(2, dim=0)
+        controller = self.p2p_batch_controller(pipe, items, self.num_steps)
 
         def on_step(latents: torch.Tensor) -> torch.Tensor:
-            return controller.step_callback(self.correct_step(inversion, controller.cur_step, latents))
+            corrected = [self.correct_step(inversion, controller.cur_step, rows)
+                         for inversion, rows in zip(inversions, latents.split(2))]
+            return controller.step_callback(torch.cat(corrected))
 
         with attention_control(pipe, controller):
-            return ddim_sampling_loop(pipe, x_T, cond, self.unconditional_rows(pipe, cond), self.guidance_scale,
-                                      on_step=on_step)
+            return ddim_sampling_loop(pipe, x_T, torch.cat(conds), uncond, self.guidance_scale, on_step=on_step)
 
-    def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
-        return pipe.decode_latents(self.edit_latents(pipe, inversion, item))[-1]
+    def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
+        """One item's [source, target] latents after editing."""
+        return self.edit_latents_batch(pipe, [inversion], [item])
+
+    def edit_batch(self, pipe, inversions, items, generators) -> torch.Tensor:
+        return pipe.decode_latents(self.edit_latents_batch(pipe, inversions, items)[1::2])  # the target rows
 
     def declared_nfe(self, item) -> tuple[int, int]:
         """(inversion, edit) NFE of one item: N (w = 1 inversion), then N UNet calls of batch 4 (2 at w = 1)."""

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import Inversion, Method, check_range
-from methods.p2p import P2PController, P2PEditHparams, attention_control
+from methods.p2p import ItemBatchController, P2PController, P2PEditHparams, attention_control
 from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_sampling_loop, ddim_step
 
 
@@ -155,15 +155,28 @@ class NullTextP2P(P2PEditHparams, Method):
         return self.p2p_controller(pipe, item, self.num_steps)
 
     @torch.no_grad()
-    def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
-        """[source, target] latents after editing (the source row is the reconstruction)."""
+    def edit_latents_batch(self, pipe, inversions: list[Inversion], items) -> torch.Tensor:
+        """[source, target] latents of every item after editing, item-major (the source rows are the
+        reconstructions). The optimisation stays per item; the edits of B items share each UNet call."""
         pipe.scheduler.set_timesteps(self.num_steps)
-        cond = pipe.encode_prompts([item.source_prompt, item.target_prompt])
-        x_T = inversion.tensors["x_T"].expand(2, -1, -1, -1)
-        controller = self.edit_controller(pipe, inversion, item)
+        cond = pipe.encode_prompts([prompt for item in items for prompt in (item.source_prompt, item.target_prompt)])
+        x_T = torch.cat([inversion.tensors["x_T"] for inversion in inversions]).repeat_interleave(2, dim=0)
+        controller = ItemBatchController([self.edit_controller(pipe, inversion, item)
+                                          for inversion, item in zip(inversions, items)])
+        per_item = [self.unconditional_embeddings(pipe, inversion) for inversion in inversions]
+        if isinstance(per_item[0], torch.Tensor):  # one ∅ for every step (StyleDiffusion)
+            uncond = torch.cat(per_item)
+        else:  # ∅_t per step: [∅_t of item 1 (×2), item 2, …]
+            uncond = [torch.cat(step) for step in zip(*per_item)]
         with attention_control(pipe, controller):
-            return ddim_sampling_loop(pipe, x_T, cond, self.unconditional_embeddings(pipe, inversion),
-                                      self.guidance_scale, on_step=controller.step_callback)
+            return ddim_sampling_loop(pipe, x_T, cond, uncond, self.guidance_scale, on_step=controller.step_callback)
+
+    def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
+        """One item's [source, target] latents after editing."""
+        return self.edit_latents_batch(pipe, [inversion], [item])
+
+    def edit_batch(self, pipe, inversions, items, generators) -> torch.Tensor:
+        return pipe.decode_latents(self.edit_latents_batch(pipe, inversions, items)[1::2])  # the target rows
 
     def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
-        return pipe.decode_latents(self.edit_latents(pipe, inversion, item))[-1]
+        return self.edit_batch(pipe, [inversion], [item], [generator])[0]

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Inversion, Method, check_range
-from methods.steps import cfg_passes, ddim_step, gaussian_like, guided_noise
+from methods.base import Inversion, ItemBatchedMethod, check_range, split_inversions, stack_tensors
+from methods.steps import cfg_passes, ddim_step, guided_noise, per_item_noise
 
 
 @dataclass
-class SDEdit(Method):
+class SDEdit(ItemBatchedMethod):
     name = "sdedit"
     version = "2"  # 2: the VAE latent is a posterior sample (was the mean)
     inversion_fields = ("encode_sample",)
@@ -39,31 +39,33 @@ class SDEdit(Method):
         check_range(self, "eta", 0.0, 1.0)
 
     @torch.no_grad()
-    def invert(self, pipe, image, source_prompt, generator) -> Inversion:
-        """SDEdit's trivial inversion: the VAE latent of the source image (posterior sample or mean)."""
+    def invert_batch(self, pipe, images, source_prompts, generators) -> list[Inversion]:
+        """SDEdit's trivial inversion: the VAE latent of each source image (posterior sample or mean)."""
         if not self.encode_sample:
-            return Inversion({"x0": pipe.encode_image(image)})
-        posterior = pipe.vae.encode(image.to(device=pipe.device, dtype=pipe.vae.dtype)).latent_dist
-        sample = posterior.mean + posterior.std * gaussian_like(posterior.mean, generator)  # μ + σ·ε
-        return Inversion({"x0": (sample * pipe.vae.config.scaling_factor).to(pipe.dtype)})
+            return split_inversions({"x0": pipe.encode_image(images)}, {}, len(images))
+        posterior = pipe.vae.encode(images.to(device=pipe.device, dtype=pipe.vae.dtype)).latent_dist
+        noise = per_item_noise(posterior.mean, generators)
+        sample = posterior.mean + posterior.std * noise  # μ + σ·ε
+        return split_inversions({"x0": (sample * pipe.vae.config.scaling_factor).to(pipe.dtype)}, {}, len(images))
 
     @torch.no_grad()
-    def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
+    def edit_batch(self, pipe, inversions, items, generators) -> torch.Tensor:
         scheduler = pipe.scheduler
         scheduler.set_timesteps(self.num_steps)
         num_denoise = min(int(self.num_steps * self.strength), self.num_steps)
         timesteps = scheduler.timesteps[self.num_steps - num_denoise:]
-        x0 = inversion.tensors["x0"]
+        x0 = stack_tensors(inversions, "x0")
         if num_denoise == 0:  # strength too small to reach one step: nothing is re-noised
-            return pipe.decode_latents(x0)[0]
+            return pipe.decode_latents(x0)
 
-        cond, uncond = pipe.encode_prompts([item.target_prompt, ""]).chunk(2)
-        latents = scheduler.add_noise(x0, gaussian_like(x0, generator), timesteps[:1])
+        cond = pipe.encode_prompts([item.target_prompt for item in items])
+        uncond = pipe.encode_prompts([""] * len(items))
+        latents = scheduler.add_noise(x0, per_item_noise(x0, generators), timesteps[:1])
         for t in timesteps:
             eps = guided_noise(pipe, latents, t, cond, uncond, self.guidance_scale)
-            noise = gaussian_like(latents, generator) if self.eta > 0 else None
+            noise = per_item_noise(latents, generators) if self.eta > 0 else None
             latents = ddim_step(scheduler, eps, int(t), latents, self.eta, noise)
-        return pipe.decode_latents(latents)[0]
+        return pipe.decode_latents(latents)
 
     def declared_nfe(self, item) -> tuple[int, int]:
         return 0, cfg_passes(self.guidance_scale) * min(int(self.num_steps * self.strength), self.num_steps)

@@ -131,6 +131,12 @@ def gaussian_like(latents: torch.Tensor, generator: torch.Generator) -> torch.Te
     return randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
 
 
+def per_item_noise(latents: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """N(0, I) like ``latents`` (B, …), row b drawn from ``generators[b]``: each item's stream is the one it
+    draws when it runs alone, whatever B is."""
+    return torch.cat([gaussian_like(latents[b:b + 1], generator) for b, generator in enumerate(generators)])
+
+
 # ----------------------------------------------------------------------------------------------
 # DDPM noise space (edit-friendly DDPM, naive DDPM): forward noising, z extraction, reverse step
 

@@ -7,6 +7,7 @@ from typing import Mapping
 
 from methods.base import HyperparameterError, check_range
 from methods.p2p.controller import P2P_MODES, P2PController, build_p2p_controller, step_window
+from methods.p2p.item_batch import ItemBatchController
 
 
 def _fraction_spec(owner: object, name: str):
@@ -91,3 +92,7 @@ class P2PEditHparams:
             blend_threshold=self.blend_threshold, blend_start=self.blend_start, equalizer_params=eq_params,
             **builder_kwargs,
         )
+
+    def p2p_batch_controller(self, pipe, items, num_steps: int, **builder_kwargs) -> ItemBatchController:
+        """One ``p2p_controller`` per item behind an ``ItemBatchController`` (item-major [source, target] rows)."""
+        return ItemBatchController([self.p2p_controller(pipe, item, num_steps, **builder_kwargs) for item in items])
