@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from test_metrics import make_input
-from test_metrics_helpers import TINY_CLIP_NAME, write_tiny_open_clip
+from metrics_helpers import TINY_CLIP_NAME, write_tiny_open_clip
 
 
 @pytest.fixture(scope="module")
