@@ -41,7 +41,7 @@ import torch
 
 from bench.models import ModelNotFoundError
 
-FETCH_HINT = "bench weights fetch --metrics <set>"
+FETCH_HINT = "bench weights fetch --metrics {metric_set}"
 FORWARD_CALLS: Counter = Counter()  # process-wide forward passes per backbone identity (tests read it)
 
 
@@ -121,6 +121,7 @@ class Backbone:
     """One evaluator network: how to find its weights and how to load it."""
 
     kind = "backbone"
+    metric_set = "default"  # the conf/metrics set whose `bench weights fetch --metrics` fetches it
 
     def key(self) -> tuple:
         """Equal keys = the same loaded object (shared between metrics in one scoring call)."""
@@ -166,7 +167,7 @@ class Backbone:
         return WeightsNotFoundError(
             f"Weights for evaluator backbone {self.describe()} were not found: {why}.\n"
             f"  searched:\n{lines}\n"
-            f"  fix: run `{FETCH_HINT}` on a machine with internet and copy the caches (TORCH_HOME, HF_HOME) "
+            f"  fix: run `{FETCH_HINT.format(metric_set=self.metric_set)}` on a machine with internet and copy the caches (TORCH_HOME, HF_HOME) "
             f"here, or set an explicit local path in the metric config (conf/metrics/*.yaml)."
         )
 
@@ -227,6 +228,7 @@ class LpipsBackbone(Backbone):
         if flavor not in ("lpips", "torchmetrics"):
             raise ValueError(f"LPIPS flavor={flavor!r}: expected 'lpips' or 'torchmetrics'")
         self.net, self.path, self.flavor = net, path, flavor
+        self.metric_set = "pie_bench" if flavor == "torchmetrics" else "default"
 
     def key(self) -> tuple:
         return (self.kind, self.flavor, self.net, str(self.path or ""))
@@ -397,6 +399,7 @@ HF_CLIP_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
 
 class HfClipBackbone(Backbone):
     kind = "hf_clip"
+    metric_set = "pie_bench"
 
     def __init__(self, model: str = "openai/clip-vit-large-patch14", revision: str | None = None,
                  cache_dir: str | None = None):

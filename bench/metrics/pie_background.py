@@ -21,15 +21,24 @@ prompt = source prompt), else NaN.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from torchmetrics.functional.regression import mean_squared_error
 
 from bench.metrics.backbones import LpipsBackbone
 from bench.metrics.base import MetricInput
 from bench.metrics.common import NAN, BaseMetric, is_reconstruction, to_uint8
+
+
+def _tm() -> SimpleNamespace:
+    """torchmetrics' functional image/regression metrics, imported on first use: with scipy they cost
+    seconds, and a job's preflight builds every metric (to find its weights) before anything is scored."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+    from torchmetrics.functional.regression import mean_squared_error
+
+    return SimpleNamespace(peak_signal_noise_ratio=peak_signal_noise_ratio, mean_squared_error=mean_squared_error,
+                           structural_similarity_index_measure=structural_similarity_index_measure)
 
 
 def unit_from_png(image: torch.Tensor) -> torch.Tensor:
@@ -75,7 +84,7 @@ class BgPsnrPie(_PieBackground):
 
     def formula(self, src, edt):
         # reference order: calculate_psnr(src_image, tgt_image, ...) → psnr(pred=src, target=tgt)
-        return float(peak_signal_noise_ratio(src[None], edt[None], data_range=1.0))
+        return float(_tm().peak_signal_noise_ratio(src[None], edt[None], data_range=1.0))
 
 
 class BgMsePie(_PieBackground):
@@ -84,7 +93,7 @@ class BgMsePie(_PieBackground):
     display_scale = 1e4
 
     def formula(self, src, edt):
-        return float(mean_squared_error(src.contiguous(), edt.contiguous()))
+        return float(_tm().mean_squared_error(src.contiguous(), edt.contiguous()))
 
 
 class BgSsimPie(_PieBackground):
@@ -105,8 +114,8 @@ class BgSsimPie(_PieBackground):
         return {**super().config(), "window": "gaussian 11, sigma 1.5", "crop_border": self.crop_border}
 
     def formula(self, src, edt):
-        mean, full = structural_similarity_index_measure(src[None], edt[None], data_range=1.0, sigma=self.SIGMA,
-                                                         return_full_image=True)
+        mean, full = _tm().structural_similarity_index_measure(src[None], edt[None], data_range=1.0, sigma=self.SIGMA,
+                                                               return_full_image=True)
         if not self.crop_border:
             return float(mean)
         return float(full[..., self.PAD:-self.PAD, self.PAD:-self.PAD].mean())
@@ -161,6 +170,6 @@ class ReconPsnr(BaseMetric):
             if not is_reconstruction(inp):
                 out.append(NAN)
                 continue
-            out.append(float(peak_signal_noise_ratio(unit_from_png(inp.edited)[None], unit_from_png(inp.source)[None],
-                                                     data_range=1.0)))
+            out.append(float(_tm().peak_signal_noise_ratio(unit_from_png(inp.edited)[None],
+                                                           unit_from_png(inp.source)[None], data_range=1.0)))
         return out
