@@ -130,3 +130,62 @@ def test_per_model_presets_only_set_keys_their_method_has(preset):
     method, _, model = preset.rpartition("_")
     data = yaml.safe_load((CONF_DIR / "method_model" / f"{preset}.yaml").read_text()) or {}
     assert set(data) <= set(_method_cfg(method, model)), preset
+
+
+# ----------------------------------------------------------------------------------------------
+# smoke paths need no download
+
+
+def readme_smoke_commands() -> list[list[str]]:
+    """The `bench ... debug=limit` lines of the README's code blocks, as override lists."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = [line.split("#")[0].split() for block in blocks for line in block.splitlines()]
+    return [words[1:] for words in lines if words and words[0] == "bench" and "debug=limit" in words]
+
+
+def make_recipe(target: str) -> list[str]:
+    text = (REPO_ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = re.search(rf"^{target}:.*\n\t\$\(BENCH\) (.*)$", text, flags=re.M).group(1)
+    return [word for word in recipe.split() if not word.startswith("$(")]
+
+
+def _no_download_env(tmp_path) -> dict[str, str]:
+    """Caches and data dirs that hold nothing: what a fresh clone on a fresh machine has."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"),
+               EDITBENCH_DATA=str(tmp_path / "data"), EDITBENCH_SHARED_DATA=str(tmp_path / "shared"),
+               EDITBENCH_RESULTS=str(tmp_path / "results"))
+    return env
+
+
+def test_readme_smoke_commands_need_nothing_that_a_clone_lacks(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from bench import preflight
+
+    commands = readme_smoke_commands()
+    assert len(commands) >= 3, commands
+    for var, value in _no_download_env(tmp_path).items():
+        monkeypatch.setenv(var, value)
+    for overrides in commands:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        choices = dict(cfg.hydra.runtime.choices)
+        with open_dict(cfg):
+            cfg.pop("hydra")
+        preflight.check(cfg, choices)  # raises, naming what is missing, if anything needed a download
+
+
+def test_make_run_tiny_runs_on_a_fresh_clone(tmp_path):
+    overrides = make_recipe("run-tiny")
+    assert "dataset=toy_shapes" in overrides
+    run, wall, cpu = _child(["-m", "bench.cli", *overrides], _no_download_env(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "done: 6 ok, 0 skipped (already done), 0 failed" in run.stdout
+    assert f"results: {tmp_path / 'results' / 'tiny'}" in run.stdout and "| sdedit |" in run.stdout
+    # a default run prints nothing that is not ours: no third-party INFO lines or warnings
+    noise = [line for line in (run.stdout + run.stderr).splitlines()
+             if re.search(r"\]\[(?!bench|HYDRA)[\w.]+\]\[(INFO|WARNING)\]|Warning:|warnings.warn", line)]
+    assert noise == []
