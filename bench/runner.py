@@ -162,8 +162,9 @@ class EditJob:
 
     def __init__(self, *, pipe: EditPipeline, method: Method, method_label: str, scheduler_cfg: dict,
                  dataset: Dataset, items: list[EditItem], results_dir: str | Path, seed: int,
-                 progress: bool = True):
+                 progress: bool = True, method_meta: dict[str, Any] | None = None):
         self.pipe, self.method, self.label = pipe, method, method_label
+        self.method_meta = method_meta or {}  # preset + paper defaults (bench.presets.method_provenance)
         self.scheduler_cfg, self.dataset, self.items = scheduler_cfg, dataset, items
         self.results_dir, self.seed, self.progress = Path(results_dir), int(seed), progress
         self.summary = JobSummary()
@@ -217,7 +218,7 @@ class EditJob:
             "schema": records.RECORD_SCHEMA, "key": key,
             "method": {"label": self.label, "name": self.method.name, "version": self.method.version,
                        "hparams": self.method.hparams(), "stochastic": self.method.stochastic,
-                       "scheduler": scheduler_record(self.pipe.scheduler)},
+                       "scheduler": scheduler_record(self.pipe.scheduler), **self.method_meta},
             "dataset": self.dataset.describe(), "item": item.describe(), "seed": self.seed,
             "model": {**self.pipe.identity(), "device": str(self.pipe.device)},
             # CPU kernels sum in an order that depends on the thread count: outputs can differ in the last
@@ -328,9 +329,11 @@ def run_from_config(cfg: DictConfig) -> JobSummary:
 
     pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), scheduler_cfg,
                          device=cfg.runtime.device, dtype=cfg.runtime.dtype)
+    from bench.presets import method_provenance
+
     job = EditJob(pipe=pipe, method=method, method_label=method_label(cfg), scheduler_cfg=scheduler_cfg,
                   dataset=dataset, items=items, results_dir=results_dir, seed=cfg.seed,
-                  progress=bool(cfg.runtime.progress))
+                  progress=bool(cfg.runtime.progress), method_meta=method_provenance(cfg, method_label(cfg)))
     summary = job.run()
     if metrics_cfg.get("ids"):  # the metric stage: scores this job's records not yet scored
         from bench.metric_stage import score_results
