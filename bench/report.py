@@ -39,8 +39,8 @@ figure { margin: 0; } figcaption { font-size: 11px; color: #555; max-width: 200p
 pre { background: #f7f7f7; padding: 8px; font-size: 12px; overflow-x: auto; max-height: 420px; }
 .note { color: #666; font-size: 12px; }
 /* the summary fits a 1400-px page: compact cells, headers wrap instead of widening their column */
-table.summary { font-size: 11px; } table.summary th { max-width: 96px; white-space: normal; overflow-wrap: anywhere; }
-table.summary td { padding: 2px 4px; } table.summary td.text { max-width: 180px; overflow-wrap: anywhere; }
+table.summary { font-size: 11px; } table.summary th { max-width: 96px; white-space: normal; overflow-wrap: break-word; }
+table.summary td { padding: 2px 4px; } table.summary td.text { max-width: 180px; overflow-wrap: break-word; }
 dl.legend { font-size: 11px; color: #444; columns: 2; max-width: 1350px; } dl.legend dt { font-weight: bold; }
 dl.legend dd { margin: 0 0 4px 12px; }
 /* small images (the toy world's 64 px) are shown at least 128 px wide without smoothing */
@@ -82,7 +82,8 @@ def table_html(table: pd.DataFrame, caption: str = "", css_class: str = "") -> s
     out = [f"<table class='{css_class}'>" if css_class else "<table>"]
     if caption:
         out.append(f"<caption>{_esc(caption)}</caption>")
-    out.append("<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in headers) + "</tr>")
+    # headers may wrap after an underscore (<wbr>), so long metric ids do not widen their column
+    out.append("<tr>" + "".join(f"<th>{_esc(h).replace('_', '_<wbr>')}</th>" for h in headers) + "</tr>")
     for cells, marks in zip(rows, flags):
         tds = []
         for header, cell, best in zip(headers, cells, marks):
@@ -267,7 +268,7 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, papers:
         parts.append(f"<figure><img src='{file_data_uri(plot_paths['png'], 'image/png')}' "
                      f"alt='CLIP vs LPIPS trade-off' style='max-width:720px'>"
                      f"<figcaption>One curve per method over its grid (its Pareto front), each point labelled "
-                     f"with its swept values; {_esc(star_meaning(edits, default_points(edits)))}. "
+                     f"with its swept values{_esc('; ' + star) if (star := star_meaning(edits, default_points(edits))) else ''}. "
                      f"Also plots/tradeoff.pdf.</figcaption></figure>")
     else:
         parts.append("<p class='note'>no trade-off plot: it needs an LPIPS-like and a CLIP-like metric</p>")
@@ -304,7 +305,7 @@ def find_chromium() -> str | None:
 
 
 def screenshot_report(html_path: str | Path, png_path: str | Path, chromium: str | None = None,
-                      width: int = 1280, height: int = 1600) -> list[str]:
+                      width: int = 1400, height: int = 2400) -> list[str]:
     """Render ``html_path`` in headless Chromium (no network, no sync, a throwaway profile), write the
     screenshot to ``png_path`` and return the page's console lines (script errors show up there)."""
     import shutil
