@@ -133,12 +133,6 @@ def is_missing(need: Need) -> tuple[bool, str | None]:
     return (False, path) if path else (True, None)
 
 
-def method_uses_image_encoder(method_cfg: dict[str, Any]) -> bool:
-    from bench.models import import_object
-
-    return bool(getattr(import_object(str(method_cfg["_target_"])), "uses_image_encoder", False))
-
-
 def dataset_problem(dataset_cfg: dict[str, Any]) -> tuple[str | None, str | None]:
     """(why the dataset's items cannot be listed, the `bench data fetch` name when a manifest exists)."""
     from bench.data.item import ItemError
@@ -167,10 +161,12 @@ def check(cfg: Any, choices: dict[str, str]) -> None:
     ``choices`` are the job's config group choices (``model``, ``metrics``), used to write the command."""
     from omegaconf import OmegaConf
 
+    from bench.runner import method_from_config
+
     plain = OmegaConf.to_container(cfg, resolve=True)
+    method, _ = method_from_config(plain["method"])  # an invalid hyperparameter is reported before anything else
     lines, fetch_model, fetch_metrics = [], False, False
-    method_cfg = {k: v for k, v in plain["method"].items() if k != "scheduler"}
-    for need in model_needs(plain["model"], image_encoder=method_uses_image_encoder(method_cfg)):
+    for need in model_needs(plain["model"], image_encoder=method.uses_image_encoder):
         missing, _ = is_missing(need)
         if missing:
             fetch_model = fetch_model or need.fetchable
