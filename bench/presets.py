@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any
 
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -70,3 +71,49 @@ def differing(hparams: dict[str, Any], paper_defaults: dict[str, Any] | None) ->
     if not paper_defaults:
         return {}
     return {k: v for k, v in hparams.items() if k in paper_defaults and not same(v, paper_defaults[k])}
+
+
+# ----------------------------------------------------------------------------------------------
+# tables: what differs from the paper, and the order of swept points
+
+
+def record_paper_defaults(edits: pd.DataFrame, method: str) -> dict[str, Any]:
+    """The method's paper defaults as its records carry them (written at run time, bench.presets); for
+    records written before they did, the method config composed now."""
+    stored = [json.loads(d) for d in edits.loc[edits["method"] == method, "paper_defaults"] if d]
+    if stored:
+        return stored[0]
+    return paper_defaults(method) or {}
+
+
+def changed_from_paper(edits: pd.DataFrame) -> pd.Series:
+    """Per record: every hyperparameter that differs from the method's paper default, 'k=v, ...', with the
+    per-model preset that set values (e.g. '[ef_ddpm_toy]'); '' when the record runs the paper's values."""
+    from bench.tables import _fmt
+
+    defaults = {m: record_paper_defaults(edits, m) for m in edits["method"].unique()}
+    texts = []
+    for method, hparams, preset in zip(edits["method"], edits["hparams"], edits["preset"]):
+        changed = differing(json.loads(hparams), defaults[method])
+        text = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(changed.items()))
+        texts.append(f"{text} [{preset}]" if preset and text else text)
+    return pd.Series(texts, index=edits.index, dtype=object)
+
+
+def _point_sort_key(point: str) -> tuple:
+    """'skip=5, cfg=7.5' → ((0, 5.0, ''), (0, 7.5, '')): numbers compare as numbers, so skip=5 < skip=10."""
+    key = []
+    for part in str(point).split(", "):
+        value = part.partition("=")[2]
+        try:
+            key.append((0, float(value), ""))
+        except ValueError:
+            key.append((1, 0.0, value))
+    return tuple(key)
+
+
+def order_points(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows by (dataset,) method, then the swept values numerically."""
+    by = [c for c in ("dataset", "method") if c in table.columns]
+    keyed = table.assign(_order=table["point"].map(_point_sort_key))
+    return keyed.sort_values(by + ["_order"], kind="stable").drop(columns="_order").reset_index(drop=True)

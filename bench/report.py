@@ -130,7 +130,7 @@ def configured_papers(configs: list[Path]) -> list[str]:
 def grid_frame(edits: pd.DataFrame, max_rows: int | None = None) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
     """(columns, rows): a column per (method, swept point) in table order, a row per (dataset, item) with
     the source and each column's edit at the lowest seed; rows sorted by edit category, then item."""
-    from bench.tables import order_points
+    from bench.presets import order_points
 
     ok = edits[edits["status"] == "ok"]
     if ok.empty:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from bench import records
 from bench.io import write_text
-from bench.presets import same
+from bench.presets import changed_from_paper, order_points, record_paper_defaults, same
 
 log = logging.getLogger(__name__)
 
@@ -60,50 +60,6 @@ def varying_hparams(frame: pd.DataFrame, method: str) -> list[str]:
     hparams = [json.loads(h) for h in frame.loc[frame["method"] == method, "hparams"]]
     keys = sorted({k for h in hparams for k in h})
     return [k for k in keys if len({json.dumps(h.get(k), sort_keys=True) for h in hparams}) > 1]
-
-
-def record_paper_defaults(edits: pd.DataFrame, method: str) -> dict[str, Any]:
-    """The method's paper defaults as its records carry them (written at run time, bench.presets); for
-    records written before they did, the method config composed now."""
-    stored = [json.loads(d) for d in edits.loc[edits["method"] == method, "paper_defaults"] if d]
-    if stored:
-        return stored[0]
-    from bench.presets import paper_defaults
-
-    return paper_defaults(method) or {}
-
-
-def changed_from_paper(edits: pd.DataFrame) -> pd.Series:
-    """Per record: every hyperparameter that differs from the method's paper default, 'k=v, ...', with the
-    per-model preset that set values (e.g. '[ef_ddpm_toy]'); '' when the record runs the paper's values."""
-    from bench.presets import differing
-
-    defaults = {m: record_paper_defaults(edits, m) for m in edits["method"].unique()}
-    texts = []
-    for method, hparams, preset in zip(edits["method"], edits["hparams"], edits["preset"]):
-        changed = differing(json.loads(hparams), defaults[method])
-        text = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(changed.items()))
-        texts.append(f"{text} [{preset}]" if preset and text else text)
-    return pd.Series(texts, index=edits.index, dtype=object)
-
-
-def _point_sort_key(point: str) -> tuple:
-    """'skip=5, cfg=7.5' → ((0, 5.0, ''), (0, 7.5, '')): numbers compare as numbers, so skip=5 < skip=10."""
-    key = []
-    for part in str(point).split(", "):
-        value = part.partition("=")[2]
-        try:
-            key.append((0, float(value), ""))
-        except ValueError:
-            key.append((1, 0.0, value))
-    return tuple(key)
-
-
-def order_points(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows by (dataset,) method, then the swept values numerically."""
-    by = [c for c in ("dataset", "method") if c in table.columns]
-    keyed = table.assign(_order=table["point"].map(_point_sort_key))
-    return keyed.sort_values(by + ["_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
 def default_points(edits: pd.DataFrame) -> dict[str, str]:
