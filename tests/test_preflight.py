@@ -185,6 +185,10 @@ def test_make_run_tiny_runs_on_a_fresh_clone(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "done: 6 ok, 0 skipped (already done), 0 failed" in run.stdout
     assert f"results: {tmp_path / 'results' / 'tiny'}" in run.stdout and "| sdedit |" in run.stdout
+    from bench import records
+
+    method = next(records.iter_edit_records(tmp_path / "results" / "tiny"))["method"]  # written at run time
+    assert method["preset"] == "sdedit_toy" and method["paper_defaults"]["num_steps"] == 50
     # a default run prints nothing that is not ours: no third-party INFO lines or warnings
     noise = [line for line in (run.stdout + run.stderr).splitlines()
              if re.search(r"\]\[(?!bench|HYDRA)[\w.]+\]\[(INFO|WARNING)\]|Warning:|warnings.warn", line)]
