@@ -1,7 +1,8 @@
 """A self-contained HTML report of a results dir: configuration, tables (ours and paper vs ours),
 the CLIP-vs-LPIPS trade-off plot and an image grid (source | each method's edit, one row per
 (image, target prompt)), all in one file: images are inlined as base64 thumbnails, so the page
-works when copied anywhere, opened from disk, offline. No JavaScript, no external resources.
+works when copied anywhere, opened from disk, offline. No JavaScript, no external resources; each edit
+links to its record by a relative path (``../edits/<method>/<key>.json``), which works beside the results.
 
     bench report results/ef_ddpm_tradeoff_ti2i      → results/ef_ddpm_tradeoff_ti2i/report/index.html
 """
