@@ -27,8 +27,8 @@ setup: $(STAMP) ## create .venv and install editbench with test extras
 run: setup ## the main job: every method x the toy edit suite x every metric (offline, CPU; 2 jobs at a time)
 	$(BENCH) experiment=toy_default launcher=joblib $(ARGS)
 
-run-tiny: setup ## a 1-minute smoke job: SDEdit on the EF examples with the tiny random pipeline
-	$(BENCH) model=tiny_random method=sdedit dataset=ef_examples method.num_steps=10 $(ARGS)
+run-tiny: setup ## a 1-minute smoke job, no download: SDEdit on 6 toy-world edits with the committed toy model and metrics
+	$(BENCH) model=toy method=sdedit dataset=toy_shapes metrics=toy limit=6 run_name=tiny $(ARGS)
 
 test: setup ## the test suite, offline (PYTEST_ARGS="..." for more)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -50,18 +50,40 @@ def hydra_main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
     def _run(cfg: DictConfig) -> None:
-        from bench.errors import friendly_errors
-        from bench.runner import run_from_config
+        from hydra.core.hydra_config import HydraConfig
 
+        from bench import quiet
+        from bench.errors import friendly_errors
+
+        quiet.configure()  # again: Hydra has (re)configured logging, and launcher workers start fresh
+        hydra_cfg = HydraConfig.get()
         with friendly_errors():
             if cfg.get("analysis"):  # an analysis experiment (bench/analyses), not a method × dataset edit job
                 from bench.analyses import run_analysis
 
                 run_analysis(cfg)
-            else:
-                run_from_config(cfg)
+                return
+            from bench.runner import run_from_config
+
+            quiet.silence_progress_bars()
+            summary = run_from_config(cfg)  # checks everything the job needs first (bench/preflight.py)
+        print_job_end(cfg, summary, single=str(hydra_cfg.mode) == "RunMode.RUN")
 
     _run()
+
+
+def print_job_end(cfg, summary, single: bool) -> None:
+    """Where the job's results are and what it produced: one line per job; for a single job also the
+    summary table (a multirun prints the merged table once, at its end: bench/callbacks.py)."""
+    results_dir = Path(cfg.paths.results_dir)
+    print(f"done: {summary.ok} ok, {summary.skipped} skipped (already done), {summary.failed} failed; "
+          f"{summary.nfe} UNet evaluations in {summary.seconds:.1f} s; results: {results_dir}")
+    table = results_dir / "tables" / "summary.md"
+    if single and table.is_file():
+        print(table.read_text(encoding="utf-8"))
+        print(f"tables: {table}\nfailures: {results_dir / 'tables' / 'failures.csv'}" if summary.failed
+              else f"tables: {table}")
+        print(f"report: bench report {results_dir}")
 
 
 def print_usage() -> None:
@@ -77,11 +99,19 @@ def main() -> None:
     # share one; joblib workers inherit it and write into the launcher's sweep dir
     os.environ["EDITBENCH_RUN_ID"] = str(os.getpid())
     argv = sys.argv[1:]
+    from bench import preflight, quiet
+
+    if argv[:2] not in (["weights", "fetch"], ["data", "fetch"]):  # only the fetch commands go online by default
+        preflight.apply_offline_default(argv)
+    quiet.configure(verbose=quiet.wants_verbose(argv))
     if argv and argv[0] in ("-h", "--help"):
         print_usage()
         return
     if argv and argv[0] in command_names():
         sys.exit(run_command(argv))
+    from bench.overrides import check_method_overrides
+
+    check_method_overrides(argv)
     hydra_main()
 
 

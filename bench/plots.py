@@ -61,7 +61,18 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return points[keep].sort_values(x)
 
 
-def tradeoff_figure(table: pd.DataFrame, x: str, y: str, defaults: dict[str, str], title: str = ""):
+def star_meaning(edits: pd.DataFrame, defaults: dict[str, str]) -> str:
+    """What the ★ marks: the paper default only when every starred point runs the paper's values."""
+    starred = edits[[defaults.get(m) == p for m, p in zip(edits["method"], edits["point"])]]
+    if starred.empty:
+        return ""
+    if (starred["changed"] == "").all():
+        return "★ = paper default"
+    return "★ = config default (≠ paper: see table)"
+
+
+def tradeoff_figure(table: pd.DataFrame, x: str, y: str, defaults: dict[str, str], title: str = "",
+                    star: str = "★ = paper default"):
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -77,19 +88,24 @@ def tradeoff_figure(table: pd.DataFrame, x: str, y: str, defaults: dict[str, str
         if group.empty:
             continue
         color = cmap(k % 10)
-        # every grid point, and the method's curve: its Pareto front (no other point better on both axes)
-        axes.scatter(group[x], group[y], s=14, color=color, alpha=0.45, label=f"_points_{name}")
+        # every grid point (labelled with its swept values), and the method's curve: its Pareto front (no
+        # other point better on both axes); the legend shows the points' marker, which every method has
+        axes.scatter(group[x], group[y], s=14, color=color, alpha=0.45, label=name)
+        for _, row in group.iterrows():
+            if row["point"] != "default":
+                axes.annotate(str(row["point"]), (row[x], row[y]), xytext=(3, 3), textcoords="offset points",
+                              fontsize=6, color=color)
         front = pareto_front(group, x, y)
-        axes.plot(front[x], front[y], marker="o", markersize=4, linewidth=1.4, color=color, label=name)
+        axes.plot(front[x], front[y], marker="o", markersize=4, linewidth=1.4, color=color, label=f"_front_{name}")
         default = group[group["point"] == defaults.get(method)]
         if not default.empty:
             axes.scatter(default[x], default[y], marker="*", s=220, color=color, edgecolors="black",
                          linewidths=0.8, zorder=5, label=f"_default_{name}")
     axes.set_xlabel(x)
     axes.set_ylabel(y)
-    axes.set_title(title or f"{header_metric_id(y)} vs {header_metric_id(x)} (★ = paper default)")
+    axes.set_title(title or f"{header_metric_id(y)} vs {header_metric_id(x)}" + (f" ({star})" if star else ""))
     axes.grid(True, alpha=0.3)
-    if axes.lines:
+    if axes.collections:
         axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
     return figure
@@ -111,7 +127,8 @@ def write_tradeoff_plot(results_dir: str | Path, x_metric: str | None = None, y_
         return {}
     import matplotlib.pyplot as plt
 
-    figure = tradeoff_figure(table, *axes, defaults=default_points(edits))
+    defaults = default_points(edits)
+    figure = tradeoff_figure(table, *axes, defaults=defaults, star=star_meaning(edits, defaults))
     out = Path(out_dir or Path(results_dir) / "plots")
     paths = {}
     try:

@@ -1,132 +1,192 @@
-"""Checks a job makes before it spends time: hyperparameter types, a writable results dir, prompt
-lengths against the text encoder's window, and the integrity digest of cached inversions.
+"""Offline by default, and one check of everything a job needs before anything heavy is loaded.
 
-Each failure is one clear message naming the key, the value and what was expected
-(docs/reliability.md, "What is refused").
+``bench`` sets ``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1`` in its own process before any hub
+library is imported, unless the user set them or opted in with ``online=true`` on the command line
+(or ``EDITBENCH_ONLINE=1``): a run never spends minutes on hub retries. Weights are pre-fetched with
+``bench weights fetch`` (docs/datasets.md, README "Running on real Stable Diffusion v1.4").
+
+``check(cfg)`` resolves, without the network and without loading a network, every piece a job needs:
+the diffusion model, its image encoder (methods that use one), every metric backbone and the
+dataset's files, and raises one ``PreflightError`` that lists all missing pieces and one command that
+fetches them all.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import logging
 import os
-import re
-import types
-import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
-import torch
+from bench.models import ModelNotFoundError
 
-from bench.config import ConfigError, check_dotted_path
-from bench.data.item import EditItem, ItemError
-from methods.base import Inversion
-
-log = logging.getLogger(__name__)
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+ONLINE_ENV = "EDITBENCH_ONLINE"
+TRUE = {"1", "true", "yes", "on"}
 
 
-def _allowed_types(annotation: Any) -> tuple[type, ...] | None:
-    """The plain types a field annotation admits (``int``, ``float | None``...); None = not checked."""
-    if annotation in (int, float, bool, str):
-        return (annotation,)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = [_allowed_types(arg) if arg is not type(None) else (type(None),) for arg in typing.get_args(annotation)]
-        return None if any(m is None for m in members) else tuple(t for m in members for t in m)
-    return None
+def wants_online(argv: Iterable[str]) -> bool:
+    """``online=true`` among the overrides, or ``EDITBENCH_ONLINE=1`` in the environment."""
+    if os.environ.get(ONLINE_ENV, "").strip().lower() in TRUE:
+        return True
+    return any(arg.lstrip("+").partition("=")[0] == "online" and arg.partition("=")[2].lower() in TRUE
+               for arg in argv)
 
 
-def _type_ok(value: Any, allowed: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):  # bool is an int subclass: only a bool field takes it
-        return bool in allowed
-    if isinstance(value, int):
-        return int in allowed or float in allowed
-    return isinstance(value, allowed)
+def apply_offline_default(argv: Iterable[str]) -> bool:
+    """Make this process offline for the hub libraries unless asked not to; True when offline.
+
+    Must run before ``huggingface_hub`` / ``transformers`` are imported (they read the variables once).
+    Variables the user set are left as they are."""
+    if wants_online(argv):
+        return False
+    for var in OFFLINE_VARS:
+        os.environ.setdefault(var, "1")
+    return True
 
 
-def check_hparam_types(config: dict[str, Any], what: str = "method") -> None:
-    """Each value in a method config matches its dataclass field's type: an ``int`` field refuses 4.5
-    (it would run 5 steps), a ``float`` field refuses "abc" (a raw TypeError later)."""
-    import importlib
+class PreflightError(ModelNotFoundError):
+    """Something a job needs is not on this machine; the message lists every piece and the fetch command."""
 
-    target = check_dotted_path(config.get("_target_"), f"{what}._target_")
-    module_name, _, class_name = target.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if cls is None or not dataclasses.is_dataclass(cls):
+
+@dataclass
+class Need:
+    """One thing to fetch: what it is, who needs it, and how to find / download it."""
+
+    what: str
+    needed_by: str
+    searched: list[str]
+    find: Callable[[], str | None]  # a local path when present (no network)
+    download: Callable[[], str]  # downloads into the library cache, returns the path
+    fetchable: bool = True  # False: a local path the user must provide (no command can fetch it)
+
+
+def _backbone_need(backbone, metric_id: str) -> Need:
+    def find() -> str | None:
+        found = backbone.find()
+        return found.path if found else None
+
+    return Need(backbone.describe(), f"metric {metric_id}", backbone.searched(), find,
+                lambda: backbone.download().path)
+
+
+def _hub_need(repo: str, revision: str | None, patterns: list[str] | None, needed_by: str) -> Need:
+    from huggingface_hub import snapshot_download
+
+    from bench.metrics.backbones import hf_cache_dir
+
+    local = Path(repo).is_absolute() or repo.startswith((".", "~"))
+
+    def find() -> str | None:
+        if Path(repo).expanduser().is_dir():
+            return repo
+        if local:
+            return None
+        try:
+            return snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True)
+        except Exception:  # huggingface_hub raises several types for "not cached"
+            return None
+
+    searched = [f"local folder {repo}"] if local else [
+        f"Hugging Face cache {hf_cache_dir()} (repo {repo}, files {patterns or 'all'})"]
+    return Need(f"local folder {repo}" if local else f"Hugging Face repo {repo!r} (revision {revision or 'main'})",
+                needed_by, searched, find, lambda: snapshot_download(repo, revision=revision, allow_patterns=patterns),
+                fetchable=not local)
+
+
+def model_needs(model_cfg: dict[str, Any], image_encoder: bool = True) -> list[Need]:
+    """The diffusion model (unless built in code or a folder that exists) and, when asked, its image encoder."""
+    name = str(model_cfg.get("name") or model_cfg.get("path"))
+    needs = []
+    if not model_cfg.get("build") and not Path(str(model_cfg["path"])).expanduser().is_dir():
+        needs.append(_hub_need(str(model_cfg["path"]), model_cfg.get("revision"), model_cfg.get("allow_patterns"),
+                               f"model {name}"))
+    encoder = model_cfg.get("image_encoder") or {}
+    if image_encoder and encoder.get("path") and not Path(str(encoder["path"])).expanduser().is_dir():
+        needs.append(_hub_need(str(encoder["path"]), None, ["*.json", "*.txt", "*.safetensors"],
+                               f"model {name} (image_encoder)"))
+    return needs
+
+
+def metric_needs(metrics_cfg: Any) -> list[Need]:
+    """Every metric backbone of the metric set, once each (metrics that share a network share it)."""
+    from bench.metric_stage import metric_backbones
+    from bench.metrics.registry import build_metrics
+
+    needs, seen = [], set()
+    for metric in build_metrics(metrics_cfg):
+        for backbone in metric_backbones(metric):
+            if backbone.key() not in seen:
+                seen.add(backbone.key())
+                needs.append(_backbone_need(backbone, metric.id))
+    return needs
+
+
+def is_missing(need: Need) -> tuple[bool, str | None]:
+    """(missing, where it is or why it is missing), never touching the network."""
+    from bench.metrics.backbones import WeightsNotFoundError
+
+    try:
+        path = need.find()
+    except WeightsNotFoundError as err:  # an explicit path that does not exist
+        return True, str(err).splitlines()[0]
+    return (False, path) if path else (True, None)
+
+
+def dataset_problem(dataset_cfg: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(why the dataset's items cannot be listed, the `bench data fetch` name when a manifest exists)."""
+    from bench.data.item import ItemError
+    from bench.data.manifest import ManifestError, repo_root
+    from bench.job_parts import dataset_from_config
+
+    dataset, _, _ = dataset_from_config(dataset_cfg)
+    try:
+        dataset.items()
+    except (ItemError, ManifestError, FileNotFoundError) as err:
+        fetchable = (repo_root() / "datasets" / str(dataset.name) / "manifest.yaml").is_file()
+        return str(err), str(dataset.name) if fetchable else None
+    return None, None
+
+
+def fetch_command(model: str | None, metrics: str | None, datasets: list[str]) -> str:
+    """One command that fetches a model group, a metric set and datasets (``bench weights fetch``)."""
+    parts = ["bench weights fetch", f"--model {model}" if model else "", f"--metrics {metrics or 'none'}"]
+    parts += [f"--data {name}" for name in datasets]
+    return " ".join(p for p in parts if p)
+
+
+def check(cfg: Any, choices: dict[str, str], image_encoder: bool = True) -> None:
+    """Raise ``PreflightError`` listing every missing piece of the job ``cfg`` (a composed config).
+
+    ``choices`` are the job's config group choices (``model``, ``metrics``), used to write the command;
+    ``image_encoder``: whether the job's method uses the model's image encoder."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    lines, fetch_model, fetch_metrics = [], False, False
+    for need in model_needs(plain["model"], image_encoder=image_encoder):
+        missing, _ = is_missing(need)
+        if missing:
+            fetch_model = fetch_model or need.fetchable
+            lines.append(f"- {need.what} [{need.needed_by}]; searched: {'; '.join(need.searched)}")
+    if plain["metrics"].get("ids"):
+        for need in metric_needs(plain["metrics"]):
+            missing, why = is_missing(need)
+            if missing:
+                fetch_metrics = fetch_metrics or why is None
+                detail = why or "searched: " + "; ".join(need.searched)
+                lines.append(f"- {need.what} [{need.needed_by}]; {detail}")
+    problem, data_name = dataset_problem(plain["dataset"])
+    if problem:
+        lines.append(f"- dataset files [dataset {data_name or plain['dataset'].get('_target_')}]: {problem}")
+    if not lines:
         return
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if field.name not in config:
-            continue
-        allowed = _allowed_types(hints.get(field.name))
-        value = config[field.name]
-        if allowed and not _type_ok(value, allowed):
-            expected = " or ".join("null" if t is type(None) else {int: "an integer", float: "a number",
-                                                                   bool: "true/false", str: "a string"}[t]
-                                   for t in allowed)
-            raise ConfigError(f"{what}.{field.name}={value!r}: expected {expected} ({cls.__name__}.{field.name})")
-
-
-def check_writable(results_dir: str | Path) -> None:
-    """Fail in one line, before the model is loaded, when the results dir cannot take files."""
-    path = Path(results_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"paths.results_dir={str(path)!r} is not writable ({err.strerror or err}); "
-                          "choose another with paths.results_dir=... or EDITBENCH_RESULTS") from err
-
-
-def _word_end(prompt: str, word: str) -> int | None:
-    match = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", prompt, flags=re.IGNORECASE)
-    return match.end() if match else None
-
-
-def prompt_warnings(tokenizer, item: EditItem) -> list[str]:
-    """Warnings for prompts longer than the text encoder's window (they are truncated); an ItemError
-    when a blend word lies past the window (the edit would silently target nothing)."""
-    limit = int(tokenizer.model_max_length)
-    warnings = []
-    words = item.blend_words or (None, None)
-    for name, prompt, word in (("source_prompt", item.source_prompt, words[0]),
-                               ("target_prompt", item.target_prompt, words[1])):
-        length = len(tokenizer(prompt).input_ids)
-        if length <= limit:
-            continue
-        end = _word_end(prompt, word) if word else None
-        if end is not None and len(tokenizer(prompt[:end]).input_ids) > limit:
-            raise ItemError(f"item {item.item_id!r}: blend word {word!r} lies past the text encoder's {limit}-token "
-                            f"window of its {name} ({length} tokens); shorten the prompt")
-        warnings.append(f"{name} has {length} tokens; the text encoder sees the first {limit} (truncated)")
-    return warnings
-
-
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """Digest of named tensors (name, dtype, shape, bytes): detects a damaged cached inversion."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def load_checked_inversion(path: Path) -> Inversion | None:
-    """A cached inversion whose tensors match the digest recorded when it was computed; None (compute
-    it again) when the file is absent, unreadable or damaged."""
-    if not path.is_file():
-        return None
-    try:
-        inversion = Inversion.load(str(path))
-    except Exception as err:  # safetensors raises several types for a damaged header
-        log.warning("cached inversion %s is unreadable (%s: %s); computing it again", path, type(err).__name__, err)
-        return None
-    expected = inversion.meta.get("tensors_sha256")
-    if expected != tensors_sha256(inversion.tensors):
-        log.warning("cached inversion %s does not match its recorded digest (%s); computing it again", path,
-                    "none recorded" if expected is None else "damaged")
-        return None
-    return inversion
+    command = fetch_command(choices.get("model") if fetch_model else None,
+                            choices.get("metrics") if fetch_metrics else None,
+                            [data_name] if data_name else [])
+    fix = (f"fetch them all (on a machine with internet; then copy the caches HF_HOME, TORCH_HOME and "
+           f"{plain['paths']['data_dir']} here):\n    {command}"
+           if fetch_model or fetch_metrics or data_name else
+           "set the paths above in the config (nothing here can be downloaded)")
+    raise PreflightError(f"this job cannot start: {len(lines)} piece(s) missing on this machine:\n"
+                         + "\n".join(lines) + f"\n  {fix}")

@@ -1,7 +1,8 @@
 """A self-contained HTML report of a results dir: configuration, tables (ours and paper vs ours),
 the CLIP-vs-LPIPS trade-off plot and an image grid (source | each method's edit, one row per
 (image, target prompt)), all in one file: images are inlined as base64 thumbnails, so the page
-works when copied anywhere, opened from disk, offline. No JavaScript, no external resources.
+works when copied anywhere, opened from disk, offline. No JavaScript, no external resources; each edit
+links to its record by a relative path (``../edits/<method>/<key>.json``), which works beside the results.
 
     bench report results/ef_ddpm_tradeoff_ti2i      → results/ef_ddpm_tradeoff_ti2i/report/index.html
 """
@@ -20,6 +21,7 @@ import pandas as pd
 
 from bench import table_stats
 from bench.io import atomic_path, write_text
+from bench.plots import star_meaning
 from bench.report_stats import comparison_section, rank_agreement_html
 from bench.tables import (
     applicable_papers,
@@ -48,6 +50,14 @@ td.sig { font-weight: bold; } td.sig.better { background: #eaf6ea; } td.sig.wors
 figure { margin: 0; } figcaption { font-size: 11px; color: #555; max-width: 200px; }
 pre { background: #f7f7f7; padding: 8px; font-size: 12px; overflow-x: auto; max-height: 420px; }
 .note { color: #666; font-size: 12px; }
+/* the summary fits a 1400-px page: compact cells, headers wrap instead of widening their column */
+table.summary { font-size: 11px; } table.summary th { max-width: 96px; white-space: normal; overflow-wrap: break-word; }
+table.summary td { padding: 2px 4px; } table.summary td.text { max-width: 180px; overflow-wrap: break-word; }
+dl.legend { font-size: 11px; color: #444; columns: 2; max-width: 1350px; } dl.legend dt { font-weight: bold; }
+dl.legend dd { margin: 0 0 4px 12px; }
+/* small images (the toy world's 64 px) are shown at least 128 px wide without smoothing */
+.grid img { min-width: 128px; image-rendering: pixelated; }
+details { margin: 4px 0; } summary { cursor: pointer; font-size: 12px; }
 """
 
 
@@ -75,16 +85,17 @@ def file_data_uri(path: str | Path, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def table_html(table: pd.DataFrame, caption: str = "") -> str:
+def table_html(table: pd.DataFrame, caption: str = "", css_class: str = "") -> str:
     """A table with the best value of every ↑/↓ column marked (class="best", bold)."""
     if table.empty:
         return "<p class='note'>no rows</p>"
     headers, rows, flags = display_cells(table)
     numeric = {h: pd.api.types.is_numeric_dtype(table[h]) for h in headers}
-    out = ["<table>"]
+    out = [f"<table class='{css_class}'>" if css_class else "<table>"]
     if caption:
         out.append(f"<caption>{_esc(caption)}</caption>")
-    out.append("<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in headers) + "</tr>")
+    # headers may wrap after an underscore (<wbr>), so long metric ids do not widen their column
+    out.append("<tr>" + "".join(f"<th>{_esc(h).replace('_', '_<wbr>')}</th>" for h in headers) + "</tr>")
     for cells, marks in zip(rows, flags):
         tds = []
         for header, cell, best in zip(headers, cells, marks):
@@ -128,54 +139,89 @@ def configured_papers(configs: list[Path]) -> list[str]:
     return []
 
 
-def grid_frame(edits: pd.DataFrame, max_rows: int) -> tuple[list[str], list[dict[str, Any]]]:
-    """(method columns, rows): one row per (dataset, item) with the source and, per method, the edit
-    at its default point (else its first point) and lowest seed."""
+def grid_frame(edits: pd.DataFrame, max_rows: int | None = None) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    """(columns, rows): a column per (method, swept point) in table order, a row per (dataset, item) with
+    the source and each column's edit at the lowest seed; rows sorted by edit category, then item."""
+    from bench.presets import order_points
+
     ok = edits[edits["status"] == "ok"]
     if ok.empty:
         return [], []
-    defaults = default_points(edits)
-    chosen = []
-    for method, group in ok.groupby("method", sort=True):
-        point = defaults.get(method)
-        if point is None or point not in set(group["point"]):
-            point = sorted(group["point"])[0]
-        sel = group[group["point"] == point]
-        chosen.append(sel[sel["seed"] == sel["seed"].min()])
-    picked = pd.concat(chosen)
-    methods = sorted(picked["method"].unique())
+    picked = ok[ok["seed"] == ok.groupby(["method", "point"])["seed"].transform("min")]
+    columns = [(r["method"], r["point"]) for _, r in order_points(picked.drop_duplicates(["method", "point"])).iterrows()]
     rows = []
-    for (dataset, item_id), group in picked.groupby(["dataset", "item_id"], sort=True):
+    for (category, dataset, item_id), group in picked.groupby(["edit_category", "dataset", "item_id"], sort=True):
         first = group.iloc[0]
-        rows.append({"dataset": dataset, "item_id": item_id, "source": first["source"],
-                     "source_prompt": first["source_prompt"], "target_prompt": first["target_prompt"],
-                     "edits": {r["method"]: (r["edited"], r["point"], r["seed"]) for _, r in group.iterrows()}})
-        if len(rows) >= max_rows:
-            break
-    return methods, rows
+        rows.append({"category": category or "(no category)", "dataset": dataset, "item_id": item_id,
+                     "source": first["source"], "source_prompt": first["source_prompt"],
+                     "target_prompt": first["target_prompt"],
+                     "edits": {(r["method"], r["point"]): (r["edited"], r["seed"]) for _, r in group.iterrows()}})
+    return columns, rows[:max_rows] if max_rows else rows
 
 
-def grid_html(results_dir: Path, methods: list[str], rows: list[dict[str, Any]]) -> str:
+def grid_html(results_dir: Path, columns: list[tuple[str, str]], rows: list[dict[str, Any]]) -> str:
+    """One table per edit category; each edit links to its record (../edits/<method>/<key>.json)."""
     if not rows:
         return "<p class='note'>no edited images</p>"
-    out = ["<table class='grid'>", "<tr><th>source</th>" + "".join(f"<th>{_esc(m)}</th>" for m in methods) + "</tr>"]
-    for row in rows:
-        cells = []
-        src = image_data_uri(results_dir / row["source"]) if row["source"] else None
-        caption = f"{row['item_id']}: “{row['source_prompt']}” → “{row['target_prompt']}”"
-        cells.append(f"<td><figure>{_img(src, 'source ' + str(row['item_id']))}"
-                     f"<figcaption>{_esc(caption)}</figcaption></figure></td>")
-        for method in methods:
-            if method not in row["edits"]:
-                cells.append("<td class='note'>—</td>")
-                continue
-            edited, point, seed = row["edits"][method]
-            uri = image_data_uri(results_dir / edited) if edited else None
-            cells.append(f"<td><figure>{_img(uri, f'{method} {point}')}"
-                         f"<figcaption>{_esc(method)} ({_esc(point)}, seed {_esc(seed)}): "
-                         f"{_esc(row['target_prompt'])}</figcaption></figure></td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
+    head = ("<tr><th>source</th>" + "".join(f"<th>{_esc(m)}<br><span class='note'>{_esc(p)}</span></th>"
+                                             for m, p in columns) + "</tr>")
+    out = []
+    for category, group in pd.DataFrame(rows).groupby("category", sort=True):
+        out += [f"<h3>{_esc(category)} ({len(group)} items)</h3>", "<table class='grid'>", head]
+        for row in group.to_dict("records"):
+            src = image_data_uri(results_dir / row["source"]) if row["source"] else None
+            caption = f"{row['item_id']}: “{row['source_prompt']}” → “{row['target_prompt']}”"
+            cells = [f"<td><figure>{_img(src, 'source ' + str(row['item_id']))}"
+                     f"<figcaption>{_esc(caption)}</figcaption></figure></td>"]
+            for method, point in columns:
+                if (method, point) not in row["edits"]:
+                    cells.append("<td class='note'>—</td>")
+                    continue
+                edited, seed = row["edits"][(method, point)]
+                uri = image_data_uri(results_dir / edited) if edited else None
+                record = f"../{Path(edited).with_suffix('.json').as_posix()}" if edited else ""
+                cells.append(f"<td><figure><a href='{_esc(record)}'>{_img(uri, f'{method} {point}')}</a>"
+                             f"<figcaption>{_esc(method)} ({_esc(point)}, seed {_esc(seed)})</figcaption></figure></td>")
+            out.append("<tr>" + "".join(cells) + "</tr>")
+        out.append("</table>")
+    return "\n".join(out)
+
+
+COLUMN_LEGEND = {
+    "point": "the swept hyperparameter values of this row ('default' = nothing swept)",
+    "≠ paper default": "every hyperparameter that differs from the method's paper defaults (conf/method/<method>.yaml), "
+                       "[preset] = the per-model preset that set values (conf/method_model/)",
+    "n": "edited items (ok)", "failed": "items that failed (see Failures)", "seeds": "seeds run",
+    "NFE/item": "UNet evaluations per item, inversion included", "s/item": "seconds per item, inversion included",
+    "psnr_vs_source": "PSNR (dB) of the edit against its source",
+    "↑ / ↓": "higher / lower is better; ×k = shown multiplied by k; bold = best in the column",
+}
+
+
+def legend_html(table: pd.DataFrame) -> str:
+    """The column legend of the summary table (entries for the columns present)."""
+    from bench.tables import nan_footnote
+
+    present = " ".join(map(str, table.columns))
+    items = [(k, v) for k, v in COLUMN_LEGEND.items() if k.split(" ")[0] in present or k == "↑ / ↓"]
+    items += [(note[2:].split(":")[0].strip("`") + " -- (k NaN)", note.split(": ", 1)[1]) for note in nan_footnote(table)[1:]]
+    return "<dl class='legend'>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items) + "</dl>"
+
+
+def configs_html(configs: list[Path], results_dir: Path) -> str:
+    """Every job's composed config, interpolations (${oc.env:...}, ${paths...}) resolved where they can be."""
+    from omegaconf import OmegaConf
+
+    out = [f"<p class='note'>{len(configs)} job(s), oldest first; click to open.</p>"]
+    for path in configs:
+        shown = path.relative_to(results_dir) if path.is_relative_to(results_dir) else path
+        try:
+            text = OmegaConf.to_yaml(OmegaConf.load(path), resolve=True)
+        except Exception as err:  # e.g. an env var unset now: show the file as written
+            text = f"# not resolved ({type(err).__name__}: {err})\n" + path.read_text(encoding="utf-8")
+        overrides = " ".join(read_overrides(path)) or "(no overrides)"
+        out.append(f"<details><summary>{_esc(overrides)} <span class='note'>{_esc(shown)}</span></summary>"
+                   f"<pre>{_esc(text)}</pre></details>")
     return "\n".join(out)
 
 
@@ -191,7 +237,7 @@ def analysis_sections(results_dir: Path) -> list[str]:
 
 
 def build_report(results_dir: str | Path, out: str | Path | None = None, papers: Iterable[str] | None = None,
-                 max_rows: int = 24, title: str | None = None, sweep_dirs: Iterable[str | Path] = ()) -> Path:
+                 max_rows: int | None = None, title: str | None = None, sweep_dirs: Iterable[str | Path] = ()) -> Path:
     """Write the HTML report of ``results_dir`` (default ``<results_dir>/report/index.html``) and return
     its path. Also (re)writes the trade-off plot (``<results_dir>/plots/``) it embeds. ``sweep_dirs``:
     Hydra sweep dirs outside the results dir whose job configs should be shown."""
@@ -223,7 +269,8 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, papers:
     parts.append("<h2>Summary</h2>")
     parts.append("<p class='note'>Mean over items and seeds (NaN skipped and counted); arrow = direction; "
                  f"NFE/item and s/item include the inversion. {_esc(table_stats.table_note(table))}</p>")
-    parts.append(table_html(table))
+    parts.append(table_html(table, css_class="summary"))
+    parts.append(legend_html(table))
     for name in paper_names:
         comparison = paper_comparison(results_dir, known[name], edits)
         sources = sorted(set(known[name]["source"]))
@@ -240,15 +287,17 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, papers:
     if plot_paths:
         parts.append(f"<figure><img src='{file_data_uri(plot_paths['png'], 'image/png')}' "
                      f"alt='CLIP vs LPIPS trade-off' style='max-width:720px'>"
-                     f"<figcaption>One curve per method over its grid; ★ = paper default. "
+                     f"<figcaption>One curve per method over its grid (its Pareto front), each point labelled "
+                     f"with its swept values{_esc('; ' + star) if (star := star_meaning(edits, default_points(edits))) else ''}. "
                      f"Also plots/tradeoff.pdf.</figcaption></figure>")
     else:
         parts.append("<p class='note'>no trade-off plot: it needs an LPIPS-like and a CLIP-like metric</p>")
 
-    methods, rows = grid_frame(edits, max_rows) if not edits.empty else ([], [])
+    columns, rows = grid_frame(edits, max_rows) if not edits.empty else ([], [])
     parts.append("<h2>Images</h2>")
-    parts.append(f"<p class='note'>Source | each method's edit at its default point (first {max_rows} items).</p>")
-    parts.append(grid_html(results_dir, methods, rows))
+    parts.append(f"<p class='note'>Source | each method's edit at every swept point, per edit category "
+                 f"({len(rows)} items{'' if not max_rows else f', at most {max_rows}'}); click an edit for its record.</p>")
+    parts.append(grid_html(results_dir, columns, rows))
 
     if not edits.empty and (edits["status"] == "failed").any():
         failed = edits[edits["status"] == "failed"][["method", "point", "item_id", "error"]]
@@ -257,14 +306,7 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, papers:
 
     parts.append("<h2>Configuration</h2>")
     if configs:
-        newest = configs[-1]
-        shown = newest.relative_to(results_dir) if newest.is_relative_to(results_dir) else newest
-        parts.append(f"<p class='note'>{len(configs)} job(s). Newest job's composed config "
-                     f"({_esc(shown)}):</p>")
-        parts.append(f"<pre>{_esc(newest.read_text(encoding='utf-8'))}</pre>")
-        overrides = [" ".join(read_overrides(p)) or "(no overrides)" for p in configs]
-        parts.append("<p class='note'>Overrides of every job:</p><pre>"
-                     + _esc("\n".join(dict.fromkeys(overrides))) + "</pre>")
+        parts.append(configs_html(configs, results_dir))
     else:
         parts.append("<p class='note'>no Hydra config snapshot in this results dir (runs/ or multirun/)</p>")
     parts.append("</body></html>\n")
@@ -283,7 +325,7 @@ def find_chromium() -> str | None:
 
 
 def screenshot_report(html_path: str | Path, png_path: str | Path, chromium: str | None = None,
-                      width: int = 1280, height: int = 1600) -> list[str]:
+                      width: int = 1400, height: int = 2400) -> list[str]:
     """Render ``html_path`` in headless Chromium (no network, no sync, a throwaway profile), write the
     screenshot to ``png_path`` and return the page's console lines (script errors show up there)."""
     import shutil

@@ -20,7 +20,6 @@ import os
 import resource
 import time
 import traceback
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bench import records
+from bench import preflight, records
 from bench.config import instantiate
 from bench.data.base import Dataset
 from bench.data.item import EditItem
@@ -39,9 +38,10 @@ from bench.errors import USER_ERRORS
 from bench.hashing import derive_seed
 from bench.images import psnr, to_pil
 from bench.io import atomic_path, clean_stale_tmp, write_json
+from bench.job_checks import check_writable, load_checked_inversion, prompt_warnings, tensors_sha256
+from bench.job_parts import dataset_from_config, method_from_config, select_shard
 from bench.keys import early_failure_key, edit_key, inversion_key
 from bench.models import EditPipeline, load_pipeline, scheduler_record
-from bench.preflight import check_hparam_types, check_writable, load_checked_inversion, prompt_warnings, tensors_sha256
 from methods.base import Inversion, Method
 
 log = logging.getLogger(__name__)
@@ -72,32 +72,14 @@ class JobSummary:
 # building the job's pieces from the config
 
 
-def method_from_config(method_cfg: DictConfig | dict) -> tuple[Method, dict[str, Any]]:
-    """Instantiate the method (its config minus the scheduler) → (method, scheduler config)."""
-    plain = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
-    scheduler_cfg = plain.pop("scheduler", None)
-    if scheduler_cfg is None:
-        raise ValueError(f"method config {plain.get('_target_')!r} has no 'scheduler' entry; every method names "
-                         "its DDIM scheduler config (see conf/scheduler/)")
-    check_hparam_types(plain)
-    return instantiate(plain, what="method"), scheduler_cfg
+def job_choices(cfg: DictConfig) -> dict[str, str]:
+    """The job's config group choices (model, metrics, ...): from the running Hydra app, else from the config."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
 
-
-def dataset_from_config(dataset_cfg: DictConfig | dict) -> tuple[Dataset, int, int]:
-    plain = OmegaConf.to_container(dataset_cfg, resolve=True) if isinstance(dataset_cfg, DictConfig) else dict(dataset_cfg)
-    shard, num_shards = int(plain.pop("shard", 0)), int(plain.pop("num_shards", 1))
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise ValueError(f"dataset.shard={shard} dataset.num_shards={num_shards}: expected 0 <= shard < num_shards")
-    return instantiate(plain, what="dataset"), shard, num_shards
-
-
-def select_shard(items: list[EditItem], shard: int, num_shards: int) -> list[EditItem]:
-    """Round-robin over image groups (sorted by image id) so each image's items stay in one shard."""
-    groups: OrderedDict[str, list[EditItem]] = OrderedDict()
-    for item in items:
-        groups.setdefault(item.image_id, []).append(item)
-    chosen = [g for i, g in enumerate(sorted(groups)) if i % num_shards == shard]
-    return [item for g in chosen for item in groups[g]]
+        return dict(HydraConfig.get().runtime.choices)
+    except ValueError:  # composed without a running Hydra app (tests, API use)
+        return dict(OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {})
 
 
 def method_label(cfg: DictConfig) -> str:
@@ -136,8 +118,9 @@ class EditJob:
 
     def __init__(self, *, pipe: EditPipeline, method: Method, method_label: str, scheduler_cfg: dict,
                  dataset: Dataset, items: list[EditItem], results_dir: str | Path, seed: int,
-                 progress: bool = True):
+                 progress: bool = True, method_meta: dict[str, Any] | None = None):
         self.pipe, self.method, self.label = pipe, method, method_label
+        self.method_meta = method_meta or {}  # preset + paper defaults (bench.presets.method_provenance)
         self.scheduler_cfg, self.dataset, self.items = scheduler_cfg, dataset, items
         self.results_dir, self.seed, self.progress = Path(results_dir), int(seed), progress
         self.summary = JobSummary()
@@ -198,7 +181,7 @@ class EditJob:
             "schema": records.RECORD_SCHEMA, "key": key,
             "method": {"label": self.label, "name": self.method.name, "version": self.method.version,
                        "hparams": self.method.hparams(), "stochastic": self.method.stochastic,
-                       "scheduler": scheduler_record(self.pipe.scheduler)},
+                       "scheduler": scheduler_record(self.pipe.scheduler), **self.method_meta},
             "dataset": self.dataset.describe(), "item": item.describe(), "seed": self.seed,
             "model": {**self.pipe.identity(), "device": str(self.pipe.device)},
             # CPU kernels sum in an order that depends on the thread count: outputs can differ in the last
@@ -361,7 +344,8 @@ def prepare_job(cfg: DictConfig) -> tuple[EditJob, dict[str, Any], dict[str, Any
     """Everything a job needs, checked before any editing work: (job, metrics config, summary info)."""
     configure_runtime(cfg.runtime)
     results_dir = Path(cfg.paths.results_dir)
-    method, scheduler_cfg = method_from_config(cfg.method)
+    method, scheduler_cfg = method_from_config(cfg.method)  # an invalid hyperparameter is reported first
+    preflight.check(cfg, job_choices(cfg), method.uses_image_encoder)  # every missing file at once, before loading
     dataset, shard, num_shards = dataset_from_config(cfg.dataset)
     items = select_shard(dataset.items(), shard, num_shards)
     if cfg.get("limit"):
@@ -374,9 +358,11 @@ def prepare_job(cfg: DictConfig) -> tuple[EditJob, dict[str, Any], dict[str, Any
     check_writable(results_dir)
     pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), scheduler_cfg,
                          device=cfg.runtime.device, dtype=cfg.runtime.dtype)
+    from bench.presets import method_provenance
+
     job = EditJob(pipe=pipe, method=method, method_label=method_label(cfg), scheduler_cfg=scheduler_cfg,
                   dataset=dataset, items=items, results_dir=results_dir, seed=cfg.seed,
-                  progress=bool(cfg.runtime.progress))
+                  progress=bool(cfg.runtime.progress), method_meta=method_provenance(cfg, method_label(cfg)))
     info = {"method": job.label, "dataset": dataset.name, "shard": shard, "num_shards": num_shards,
             "seed": cfg.seed, "items": len(items)}
     return job, metrics_cfg, info

@@ -34,14 +34,15 @@ import pandas as pd
 from bench import records, table_stats
 from bench.formatting import format_number
 from bench.io import write_text
+from bench.presets import changed_from_paper, order_points, record_paper_defaults, same
 from bench.rows import add_row_labels, comparable_groups, record_identity, row_index, split_current
 
 log = logging.getLogger(__name__)
 
 COST_COLUMNS = {"nfe_per_item": "NFE/item", "seconds_per_item": "s/item"}
+CHANGED_COLUMN = "≠ paper default"  # hyperparameters that differ from the method's paper defaults [preset]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAPER_DIR = REPO_ROOT / "results" / "paper"
-METHOD_CONF_DIR = REPO_ROOT / "conf" / "method"
 PAPER_COLUMNS = ["paper_table", "paper_method", "method", "paper_metric", "metric_id", "value", "paper_scale",
                  "unit", "higher_is_better", "dataset", "model", "source", "note"]  # unit: of value/paper_scale = the metric's
 
@@ -65,33 +66,7 @@ def varying_hparams(frame: pd.DataFrame, method: str) -> list[str]:
     return [k for k in keys if len({json.dumps(h.get(k), sort_keys=True) for h in hparams}) > 1]
 
 
-def method_defaults(label: str, conf_dir: str | Path | None = None) -> dict[str, Any]:
-    """The hyperparameters written in ``conf/method/<label>.yaml`` (the paper defaults), {} if none.
-
-    Presets that extend another method config of the group (``defaults: [ddim, _self_]``) inherit its
-    values; other defaults-list entries (e.g. the scheduler) are ignored."""
-    conf_dir = Path(conf_dir or METHOD_CONF_DIR)
-    path = conf_dir / f"{label}.yaml"
-    if not path.is_file():
-        return {}
-    import yaml
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    values: dict[str, Any] = {}
-    for entry in data.get("defaults") or []:
-        if isinstance(entry, str) and entry != "_self_" and "/" not in entry and entry != label:
-            values.update(method_defaults(entry, conf_dir))
-    values.update({k: v for k, v in data.items() if k not in ("defaults", "_target_") and not isinstance(v, dict)})
-    return values
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
-def default_points(edits: pd.DataFrame, conf_dir: str | Path | None = None) -> dict[str, str]:
+def default_points(edits: pd.DataFrame) -> dict[str, str]:
     """method label → the point label whose swept knobs equal the method config's values.
 
     A method with a single point maps to it; a method whose config is unknown or whose grid does
@@ -104,13 +79,13 @@ def default_points(edits: pd.DataFrame, conf_dir: str | Path | None = None) -> d
         if len(points) == 1:
             result[str(method)] = str(points["point"].iloc[0])
             continue
-        defaults = method_defaults(str(method), conf_dir)
+        defaults = record_paper_defaults(edits, str(method))
         knobs = varying_hparams(edits, str(method))
         if not defaults or not all(k in defaults for k in knobs):
             continue
         for _, row in points.iterrows():
             hp = json.loads(row["hparams"])
-            if all(_same(hp.get(k), defaults[k]) for k in knobs):
+            if all(same(hp.get(k), defaults[k]) for k in knobs):
                 result[str(method)] = str(row["point"])
                 break
     return result
@@ -123,6 +98,8 @@ def edit_row(rec: dict[str, Any]) -> dict[str, Any]:
         "key": rec["key"], "status": rec["status"], "method": rec["method"]["label"],
         "method_name": rec["method"]["name"], "stochastic": rec["method"].get("stochastic", False),
         "hparams": json.dumps(rec["method"]["hparams"], sort_keys=True),
+        "preset": rec["method"].get("preset"),
+        "paper_defaults": json.dumps(rec["method"]["paper_defaults"]) if rec["method"].get("paper_defaults") else "",
         "item_id": rec["item"]["item_id"], "seed": rec["seed"],
         "image_id": rec["item"].get("image_id", rec["item"]["item_id"]),
         "source_prompt": rec["item"].get("source_prompt", ""),
@@ -145,6 +122,7 @@ def edits_frame(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         frame = add_row_labels(frame)
         frame = frame.sort_values(["method", "dataset", "item_id", "seed", "key"], kind="stable").reset_index(drop=True)
         frame["point"] = _point_labels(frame)
+        frame["changed"] = changed_from_paper(frame)
     return frame
 
 
@@ -206,6 +184,7 @@ def summary_table(results_dir: str | Path, edits: pd.DataFrame | None = None) ->
     index = row_index(edits)
     table = edits.groupby(index).agg(n=("status", lambda s: int((s == "ok").sum())),
                                      failed=("status", lambda s: int((s == "failed").sum())))
+    table.insert(0, CHANGED_COLUMN, edits.groupby(index)["changed"].agg(lambda c: " / ".join(dict.fromkeys(c))))
     ok = edits[edits["status"] == "ok"]
     table["seeds"] = ok.groupby(index)["seed"].nunique()
     table["seeds"] = table["seeds"].fillna(0).astype(int)
@@ -228,7 +207,7 @@ def summary_table(results_dir: str | Path, edits: pd.DataFrame | None = None) ->
             nan_count = values.groupby(index)["value"].apply(lambda v: int(v.isna().sum()))
             if nan_count.any():
                 table[f"{metric_id} NaN"] = nan_count.reindex(table.index, fill_value=0).astype(int)
-    return table.reset_index()
+    return order_points(table.reset_index())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,7 +269,23 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in body]
     note = table_stats.table_note(table)
-    return "\n".join(lines + ([f"\n{note}"] if note else [])) + "\n"
+    return "\n".join(lines + ([f"\n{note}"] if note else []) + nan_footnote(table)) + "\n"
+
+
+NAN_REASONS = {"recon_": "reconstruction metrics score only items whose target prompt is the source prompt",
+               "ns_lpips_sd": "NS-LPIPS needs the item's blend words", "_pie": "PIE-Bench metrics need an edit mask",
+               "bg_": "background metrics need an edit mask", "edit_accuracy": "needs a toy-world item"}
+
+
+def nan_footnote(table: pd.DataFrame) -> list[str]:
+    """A footnote under the table for every metric with '-- (k NaN)' cells, saying why scores are undefined."""
+    notes = []
+    for column in (c for c in table.columns if c.endswith(" NaN") and table[c].fillna(0).astype(int).gt(0).any()):
+        metric_id = column[: -len(" NaN")]
+        reason = next((why for fragment, why in NAN_REASONS.items() if fragment in metric_id),
+                      "the metric is undefined for these items")
+        notes.append(f"- `{metric_id}`: (k NaN) = k scores undefined: {reason} (docs/metrics.md).")
+    return [""] + notes if notes else []
 
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -352,8 +347,7 @@ def paper_tables(paper_dir: str | Path | None = None) -> dict[str, pd.DataFrame]
     return {p.stem: load_paper(p) for p in sorted(root.glob("*.csv"))}
 
 
-def paper_comparison(results_dir: str | Path, paper: pd.DataFrame, edits: pd.DataFrame | None = None,
-                     conf_dir: str | Path | None = None) -> pd.DataFrame:
+def paper_comparison(results_dir: str | Path, paper: pd.DataFrame, edits: pd.DataFrame | None = None) -> pd.DataFrame:
     """Paper vs ours for every mapped (paper method, metric): one row per paper method with
     ``<metric> paper``, ``<metric> ours``, ``<metric> Δ`` (ours − paper) columns in our display units.
 
@@ -361,7 +355,7 @@ def paper_comparison(results_dir: str | Path, paper: pd.DataFrame, edits: pd.Dat
     there is one). Paper rows whose method or metric we have not run show "--" for ours."""
     edits = load_edits(results_dir) if edits is None else edits
     long = load_long(results_dir, edits) if not edits.empty else pd.DataFrame()
-    defaults = default_points(edits, conf_dir) if not edits.empty else {}
+    defaults = default_points(edits) if not edits.empty else {}
     datasets = set(edits["dataset"]) if not edits.empty else set()
     rows: dict[str, dict[str, Any]] = {}
     for _, p in paper.iterrows():

@@ -100,12 +100,15 @@ class Method:
       version:          bump when outputs change for the same hyperparameters (part of every cache key).
       inversion_fields: hyperparameters that change ``invert``'s output.
       stochastic:       True when the output depends on the seed (report mean ± std over seeds).
+      uses_image_encoder: True when the method calls ``pipe.get_image_encoder()`` (the job's preflight
+                        then checks the model's image encoder weights too).
     """
 
     name: ClassVar[str] = "base"
     version: ClassVar[str] = "0"
     inversion_fields: ClassVar[tuple[str, ...]] = ()
     stochastic: ClassVar[bool] = False
+    uses_image_encoder: ClassVar[bool] = False
 
     def hparams(self) -> dict[str, Any]:
         """All hyperparameters as a plain dict (JSON-serialisable)."""

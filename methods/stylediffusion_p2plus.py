@@ -284,6 +284,7 @@ class StyleDiffusionP2Plus(NullTextP2P):
     version = "1"
     inversion_fields = NullTextP2P.inversion_fields + ("attention_loss_weight",)
     stochastic = True  # M_0's init is drawn from the job's generator: the seed changes the output (and the cache key)
+    uses_image_encoder = True
 
     num_steps: int = 30  # NUM_DDIM_STEPS (PnPInversion's PIE-Bench re-run: 50)
     num_inner_steps: int = 100  # --num_inner_steps: the budget of step 0; step i gets ceil(n·e^{−0.1 i})

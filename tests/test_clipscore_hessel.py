@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from metrics_helpers import TINY_CLIP_NAME, write_tiny_open_clip
 from PIL import Image
 from test_metrics import make_input
-from test_metrics_helpers import TINY_CLIP_NAME, write_tiny_open_clip
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from conftest import REPO_ROOT, SHARED_DATA, compose_config, write_imagenet_r_tr
 from bench import records
 from bench.config import CONF_DIR, group_options
 from bench.io import write_json
-from bench.runner import dataset_from_config, method_from_config
+from bench.job_parts import dataset_from_config, method_from_config
 from bench.tables import summary_table
 
 # method × dataset edit sweeps; analysis experiments (an `analysis:` node, bench/analyses) are tested in
@@ -127,9 +127,9 @@ def test_tradeoff_grid_resolves_at_every_point_and_contains_the_default(name, op
     grid_file = yaml.safe_load((CONF_DIR / "experiment" / "tradeoff" / f"{option}.yaml").read_text())
     assert len(grid_file["tradeoff"]["i_values"]) == sizes["i"] and len(grid_file["tradeoff"]["j_values"]) == sizes["j"]
     knob_i, knob_j = grid_file["tradeoff"]["knobs"]
-    from bench.tables import method_defaults
+    from bench.presets import paper_defaults
 
-    defaults = method_defaults(option)
+    defaults = paper_defaults(option)
     assert defaults[knob_i] in grid_file["tradeoff"]["i_values"], f"{option}: paper default {knob_i} not on the grid"
     assert defaults[knob_j] in grid_file["tradeoff"]["j_values"], f"{option}: paper default {knob_j} not on the grid"
     seen = set()

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from bench.config import CONF_DIR
 from bench.data.item import EditItem
-from bench.runner import method_from_config
+from bench.job_parts import method_from_config
 from methods.base import HyperparameterError
 from methods.p2p import AttentionRefine, AttentionReplace, AttentionReweight, P2PEditHparams, word_token_indices
 from methods.sdedit import SDEdit

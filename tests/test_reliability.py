@@ -23,7 +23,8 @@ from bench import records
 from bench.config import ConfigError, instantiate
 from bench.data.item import EditItem, ItemError
 from bench.io import atomic_path, clean_stale_tmp, tmp_prefix, write_json
-from bench.runner import EditJob, method_from_config, run_from_config
+from bench.job_parts import method_from_config
+from bench.runner import EditJob, run_from_config
 from bench.tables import load_edits, summary_table, to_markdown, write_tables
 
 SDEDIT = {"_target_": "methods.sdedit.SDEdit", "num_inference_steps": 2, "scheduler": {"steps_offset": 1}}
@@ -228,7 +229,7 @@ def test_a_missing_folder_image_fails_its_items_only(tmp_path, tiny_pipe):
 
 
 def test_prompts_past_the_text_window_are_recorded_or_refused(tiny_pipe):
-    from bench.preflight import prompt_warnings
+    from bench.job_checks import prompt_warnings
 
     long = "a photo of a cat " + "very " * 80 + "sitting on a mat"
     warned = prompt_warnings(tiny_pipe.tokenizer, EditItem("x/0", "x", "x.png", long, "a dog"))

@@ -48,15 +48,19 @@ def test_tradeoff_plot_one_curve_per_method_and_starred_default(results):
     assert defaults == {"sdedit": "strength=0.8", "ddim_p2p": "cross_replace_steps=0.8"}  # the configs' values
     figure = tradeoff_figure(table, "lpips_alex ↓", "clip_score ×100 ↑", defaults)
     axes = figure.axes[0]
-    assert sorted(line.get_label() for line in axes.lines) == ["ddim_p2p", "sdedit"]
-    sdedit = next(line for line in axes.lines if line.get_label() == "sdedit")
+    assert sorted(line.get_label() for line in axes.lines) == ["_front_ddim_p2p", "_front_sdedit"]
+    # the legend shows only what is drawn for every method: its points' marker (no line for a 1-point front)
+    assert sorted(t.get_text() for t in axes.get_legend().get_texts()) == ["ddim_p2p", "sdedit"]
+    assert sorted(t.get_text() for t in axes.texts) == ["cross_replace_steps=0.4", "cross_replace_steps=0.8",
+                                                        "strength=0.5", "strength=0.8", "strength=1.0"]  # labelled
+    sdedit = next(line for line in axes.lines if line.get_label() == "_front_sdedit")
     assert len(sdedit.get_xdata()) == 3 and list(sdedit.get_xdata()) == sorted(sdedit.get_xdata())
     stars = {c.get_label(): tuple(np.round(c.get_offsets()[0], 4)) for c in axes.collections
              if c.get_label().startswith("_default_")}
     sd_default = table[(table["method"] == "sdedit") & (table["point"] == "strength=0.8")].iloc[0]
     assert stars["_default_sdedit"] == (round(sd_default["lpips_alex ↓"], 4), round(sd_default["clip_score ×100 ↑"], 4))
     assert len(stars) == 2
-    dots = [c for c in axes.collections if c.get_label() == "_points_sdedit"]
+    dots = [c for c in axes.collections if c.get_label() == "sdedit"]
     assert len(dots) == 1 and len(dots[0].get_offsets()) == 3  # every grid point is drawn
     paths = write_tradeoff_plot(results)
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["pdf"].read_bytes()[:4] == b"%PDF"
@@ -81,10 +85,14 @@ def test_report_is_self_contained_and_has_every_part(results, tmp_path):
     # 2 items per method: no paired test can reach p < 0.05, so no best is marked (tests/test_stats.py)
     assert "class='best'" not in text and "<h2>Method vs method</h2>" in text and "sign-flip" in text
     sources = re.findall(r"src='([^']*)'", text)
-    assert len(sources) == 1 + 2 * 3  # the plot + 2 rows × (source + 2 methods)
+    assert len(sources) == 1 + 2 * (1 + 5)  # the plot + 2 rows × (source + every swept point: 3 + 2)
     assert all(s.startswith("data:image/png;base64,") for s in sources)  # nothing to fetch, works when copied
     assert not re.search(r"(href|src)=['\"](http|//|file:)", text)
-    assert "“a cat” → “a dog”" in text and "sdedit (strength=0.8, seed 0)" in text  # captions, default point
+    assert "“a cat” → “a dog”" in text and "sdedit (strength=0.8, seed 0)" in text  # captions
+    assert "sdedit (strength=0.5, seed 0)" in text and "ddim_p2p (cross_replace_steps=0.4, seed 0)" in text
+    links = re.findall(r"<a href='([^']*)'>", text)  # each edit links to its record, relative to report/
+    assert len(links) == 2 * 5 and all((path.parent / link).resolve().is_file() for link in links)
+    assert "image-rendering: pixelated" in text and "<dl class='legend'>" in text
 
 
 def test_report_rejects_a_dir_without_records(tmp_path):
@@ -97,7 +105,7 @@ def test_bench_report_command(results):
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "report:" in result.stdout
-    assert len(re.findall(r"<figure>", (results / "report" / "index.html").read_text())) == 1 + 1 * 3
+    assert len(re.findall(r"<figure>", (results / "report" / "index.html").read_text())) == 1 + 1 * (1 + 5)
     assert (results / "tables" / "summary.md").is_file() and (results / "plots" / "tradeoff.pdf").is_file()
     bad = subprocess.run([sys.executable, "-m", "bench.cli", "report", str(results), "--paper", "nope"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

@@ -15,7 +15,8 @@ from PIL import Image
 
 from bench import records
 from bench.data.item import EditItem
-from bench.runner import EditJob, method_from_config, run_from_config
+from bench.job_parts import method_from_config
+from bench.runner import EditJob, run_from_config
 from bench.tables import load_edits, summary_table
 
 FAST = ["model=tiny_random", "method=sdedit", "method.num_steps=4"]

@@ -8,14 +8,13 @@ import huggingface_hub.constants
 
 
 def _args(action: str, model: str | None, metrics: str | None) -> argparse.Namespace:
-    return argparse.Namespace(action=action, model=model, metrics=metrics, dry_run=False)
+    return argparse.Namespace(action=action, model=model, metrics=metrics, dry_run=False, data=[])
 
 
 def test_needs_for_sd14_and_default_metrics():
-    from bench.commands.weights import compose, needs_for
+    from bench.commands.weights import needs_for
 
-    cfgs = compose("sd14", "default")
-    needs = needs_for(cfgs["model"], cfgs["metrics"])
+    needs = needs_for(["sd14"], "default")
     whats = [n.what for n in needs]
     assert whats[0].startswith("Hugging Face repo 'CompVis/stable-diffusion-v1-4'")
     assert any("openai/clip-vit-base-patch16" in w for w in whats)  # StyleDiffusion's image encoder
@@ -25,7 +24,7 @@ def test_needs_for_sd14_and_default_metrics():
     assert any("open_clip 'ViT-B-32'" in w for w in whats)  # clipscore_hessel (StyleDiffusion's Clipscore %)
     assert any("timm 'vit_base_patch8_224.dino'" in w for w in whats)
     assert len(needs) == 7
-    assert needs_for(compose("tiny_random", None)["model"], None) == []  # built in code
+    assert needs_for(["tiny_random", "toy"], None) == []  # built in code / committed
 
 
 def test_fetch_offline_fails_with_a_clear_message(tmp_path, monkeypatch, capsys):
@@ -41,6 +40,8 @@ def test_fetch_offline_fails_with_a_clear_message(tmp_path, monkeypatch, capsys)
     assert run(_args("list", None, "pie_bench")) == 0  # list never downloads and does not fail
     out = capsys.readouterr().out
     assert "missing; searched" in out and "openai/clip-vit-large-patch14" in out
+    # without --model, list covers every hub model (sd14, sd15) and nothing built in code or committed
+    assert "CompVis/stable-diffusion-v1-4" in out and "stable-diffusion-v1-5" in out and "tiny_random" not in out
 
 
 def test_cli_registers_the_command():
@@ -48,5 +49,6 @@ def test_cli_registers_the_command():
 
     parser = argparse.ArgumentParser()
     weights.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["weights", "fetch", "--model", "sd14", "--metrics", "toy"])
+    args = parser.parse_args(["weights", "fetch", "--model", "sd14", "--metrics", "toy", "--data", "ef_examples"])
     assert args.func is weights.run and args.model == "sd14" and args.metrics == "toy"
+    assert args.data == ["ef_examples"]

@@ -63,7 +63,7 @@ class AnalysisContext:
     @cached_property
     def method(self) -> tuple[Method, dict, str]:
         """(the experiment's method, its scheduler config, its label)."""
-        from bench.runner import method_from_config
+        from bench.job_parts import method_from_config
 
         method, scheduler_cfg = method_from_config(self.cfg.method)
         return method, scheduler_cfg, config_choice(self.cfg, "method") or method.name
@@ -72,7 +72,7 @@ class AnalysisContext:
         """(method ``name`` composed for this experiment's model, its scheduler config, its label). With
         ``same_hparams`` it takes the experiment's method's hyperparameters instead of its own (naive DDPM vs
         EF-DDPM: the same T, η, guidance, so that only the noise space differs)."""
-        from bench.runner import method_from_config
+        from bench.job_parts import method_from_config
 
         method, scheduler_cfg = method_from_config(compose_method_config(name, config_choice(self.cfg, "model")))
         if same_hparams:
@@ -82,7 +82,7 @@ class AnalysisContext:
     # data --------------------------------------------------------------------------------
     def items(self, keep=None) -> list[EditItem]:
         """The dataset's items (shard, then ``keep`` filter, then ``limit``): one per image."""
-        from bench.runner import dataset_from_config, select_shard
+        from bench.job_parts import dataset_from_config, select_shard
 
         dataset, shard, num_shards = dataset_from_config(self.cfg.dataset)
         items, seen = [], set()

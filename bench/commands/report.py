@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     parser.add_argument("--paper", action="append", default=[],
                         help="published table to put beside ours (results/paper/<name>.csv); repeatable; "
                              "default: the experiment's `paper:` list plus every table measured on the same dataset")
-    parser.add_argument("--max-rows", type=int, default=24, help="image grid rows (items) to include")
+    parser.add_argument("--max-rows", type=int, default=None, help="image grid rows (items) to include (default: all)")
     parser.add_argument("--screenshot", action="store_true",
                         help="also render the page in headless Chromium to report/screenshot.png "
                              "(fails on console errors)")

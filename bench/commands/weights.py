@@ -1,9 +1,11 @@
-"""``bench weights {list,fetch} [--model sd14] [--metrics default]``: pre-download what a config needs.
+"""``bench weights {list,fetch} [--model sd14] [--metrics default] [--data NAME]``: pre-download what a job needs.
 
 For offline cluster nodes: run ``bench weights fetch`` on a machine with internet, then copy the
 caches it prints (``TORCH_HOME``, ``HF_HOME`` / ``HF_HUB_CACHE``) to the nodes. ``list`` (also
 ``fetch --dry-run``) prints every weight file a config needs, where it is looked for and whether it
-is already there, without touching the network.
+is already there, without touching the network (``list`` without ``--model`` covers every hub model).
+``--data NAME`` also fetches a dataset (``bench data fetch NAME``), so the one command a failed job's
+preflight prints (``bench.preflight``) fetches everything it lacks.
 
 Metric backbones are resolved exactly as the metric stage resolves them (``bench.metrics.backbones``);
 the diffusion model through ``huggingface_hub.snapshot_download`` with the model config's
@@ -12,25 +14,12 @@ the diffusion model through ``huggingface_hub.snapshot_download`` with the model
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from bench.metrics.backbones import Backbone, WeightsNotFoundError, downloads_allowed
-from bench.models import hf_cache_dir
-
-
-@dataclass
-class Need:
-    """One thing to fetch: what it is, who needs it, and how to find / download it."""
-
-    what: str
-    needed_by: str
-    searched: list[str]
-    find: Callable[[], str | None]  # a local path when present (no network)
-    download: Callable[[], str]  # downloads into the library cache, returns the path
+from bench.preflight import Need, is_missing, metric_needs, model_needs
 
 
 def compose(model: str | None, metrics: str | None) -> dict[str, Any]:
@@ -53,77 +42,41 @@ def compose(model: str | None, metrics: str | None) -> dict[str, Any]:
             "metrics": OmegaConf.to_container(cfg.metrics, resolve=True) if metrics else None}
 
 
-def _backbone_need(backbone: Backbone, metric_id: str) -> Need:
-    def find() -> str | None:
-        found = backbone.find()
-        return found.path if found else None
+def hub_models() -> list[str]:
+    """The model configs whose weights come from the hub (not built in code, not committed)."""
+    import yaml
 
-    return Need(backbone.describe(), metric_id, backbone.searched(), find, lambda: backbone.download().path)
+    from bench.config import CONF_DIR, group_options
 
-
-def _hub_need(repo: str, revision: str | None, patterns: list[str] | None, needed_by: str) -> Need:
-    from huggingface_hub import snapshot_download
-
-    def find() -> str | None:
-        if Path(repo).is_dir():
-            return repo
-        try:
-            return snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True)
-        except Exception:  # not cached
-            return None
-
-    searched = [f"local folder {repo}"] if Path(repo).is_absolute() else [
-        f"Hugging Face cache {hf_cache_dir()} (repo {repo}, files {patterns or 'all'})"]
-    return Need(f"Hugging Face repo {repo!r} (revision {revision or 'main'})", needed_by, searched, find,
-                lambda: snapshot_download(repo, revision=revision, allow_patterns=patterns))
+    return [name for name in group_options("model")
+            if "${" not in str((yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text()) or {}).get("path"))]
 
 
-def needs_for(model_cfg: dict[str, Any] | None, metrics_cfg: Any) -> list[Need]:
-    """Everything the model config and the metric set need, de-duplicated."""
-    from bench.metrics.registry import build_metrics
-
+def needs_for(models: list[str], metrics: str | None) -> list[Need]:
+    """Everything the model configs and the metric set need, de-duplicated by what is fetched."""
     needs: list[Need] = []
-    seen: set = set()
-    if model_cfg:
-        name = str(model_cfg.get("name") or model_cfg.get("path"))
-        if not model_cfg.get("build") and not Path(str(model_cfg["path"])).is_dir():  # built-in-code models: nothing
-            needs.append(_hub_need(str(model_cfg["path"]), model_cfg.get("revision"),
-                                   model_cfg.get("allow_patterns"), f"model {name}"))
-        encoder = model_cfg.get("image_encoder") or {}
-        if encoder.get("path") and not Path(str(encoder["path"])).is_dir():
-            needs.append(_hub_need(str(encoder["path"]), None, ["*.json", "*.txt", "*.safetensors"],
-                                   f"model {name} (image_encoder)"))
-    if metrics_cfg:
-        for metric in build_metrics(metrics_cfg):
-            for backbone in metric.backbones():
-                if backbone.key() in seen:
-                    continue
-                seen.add(backbone.key())
-                needs.append(_backbone_need(backbone, metric.id))
-    return needs
-
-
-def _status(need: Need) -> tuple[str, str | None]:
-    try:
-        path = need.find()
-    except WeightsNotFoundError as err:  # an explicit path that does not exist
-        return "missing", str(err).splitlines()[0]
-    return ("present", path) if path else ("missing", None)
+    for model in models:
+        needs += model_needs(compose(model, None)["model"])
+    if metrics:
+        needs += metric_needs(compose(None, metrics)["metrics"])
+    unique: dict[str, Need] = {}
+    for need in needs:
+        unique.setdefault(need.what, need)
+    return list(unique.values())
 
 
 def run(args) -> int:
-    cfgs = compose(args.model, args.metrics)
-    needs = needs_for(cfgs["model"], cfgs["metrics"])
-    if not needs:
-        print("nothing to fetch")
-        return 0
+    from bench.metrics.backbones import downloads_allowed, hf_cache_dir
+
     dry = args.action == "list" or args.dry_run
+    models = [args.model] if args.model else (hub_models() if dry else [])
+    needs = needs_for(models, None if args.metrics == "none" else args.metrics)
     failures = 0
     for need in needs:
-        status, path = _status(need)
+        missing, where = is_missing(need)
         print(f"- {need.what}  [needed by {need.needed_by}]")
-        if status == "present":
-            print(f"    present: {path}")
+        if not missing:
+            print(f"    present: {where}")
             continue
         if dry:
             print("    missing; searched:\n" + "\n".join(f"      {s}" for s in need.searched))
@@ -141,17 +94,28 @@ def run(args) -> int:
             print(f"    ERROR: download of {need.what} failed: {type(err).__name__}: {err}", file=sys.stderr)
             continue
         print(f"    stored: {stored}")
+    if not needs:
+        print("no weights to fetch")
     if not dry:
         import torch
 
         print(f"caches: TORCH_HOME hub dir {torch.hub.get_dir()}; Hugging Face {hf_cache_dir()}")
+    if args.data and not dry:  # the dataset files, as `bench data fetch <name>` would
+        from bench.commands.data import fetch_command
+
+        failures += fetch_command(argparse.Namespace(datasets=args.data, cache_dir=None, retries=3, timeout=60.0,
+                                                     no_keep_archives=False, quiet=False))
     return 1 if failures else 0
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("weights", help="list or pre-download model and metric weights (for offline nodes)")
     parser.add_argument("action", choices=["fetch", "list"], help="fetch: download what is missing; list: show status")
-    parser.add_argument("--model", default=None, help="model config name (conf/model/<name>.yaml), e.g. sd14")
-    parser.add_argument("--metrics", default="default", help="metric set (conf/metrics/<name>.yaml); default: default")
+    parser.add_argument("--model", default=None,
+                        help="model config name (conf/model/<name>.yaml), e.g. sd14; list: default every hub model")
+    parser.add_argument("--metrics", default="default",
+                        help="metric set (conf/metrics/<name>.yaml, `none` for no metrics); default: default")
+    parser.add_argument("--data", action="append", default=[],
+                        help="fetch: also `bench data fetch` this dataset (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="fetch: only print what would be fetched")
     parser.set_defaults(func=run)

@@ -21,16 +21,25 @@ prompt = source prompt), else NaN.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from torchmetrics.functional.regression import mean_squared_error
 
 from bench.images import to_uint8
 from bench.metrics.backbones import LpipsBackbone
 from bench.metrics.base import Metric, MetricInput
 from bench.metrics.common import NAN, is_reconstruction
+
+
+def _tm() -> SimpleNamespace:
+    """torchmetrics' functional image/regression metrics, imported on first use: with scipy they cost
+    seconds, and a job's preflight builds every metric (to find its weights) before anything is scored."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+    from torchmetrics.functional.regression import mean_squared_error
+
+    return SimpleNamespace(peak_signal_noise_ratio=peak_signal_noise_ratio, mean_squared_error=mean_squared_error,
+                           structural_similarity_index_measure=structural_similarity_index_measure)
 
 
 def unit_from_png(image: torch.Tensor) -> torch.Tensor:
@@ -77,7 +86,7 @@ class BgPsnrPie(_PieBackground):
 
     def formula(self, src, edt):
         # reference order: calculate_psnr(src_image, tgt_image, ...) → psnr(pred=src, target=tgt)
-        return float(peak_signal_noise_ratio(src[None], edt[None], data_range=1.0))
+        return float(_tm().peak_signal_noise_ratio(src[None], edt[None], data_range=1.0))
 
 
 class BgMsePie(_PieBackground):
@@ -87,7 +96,7 @@ class BgMsePie(_PieBackground):
     display_scale = 1e4
 
     def formula(self, src, edt):
-        return float(mean_squared_error(src.contiguous(), edt.contiguous()))
+        return float(_tm().mean_squared_error(src.contiguous(), edt.contiguous()))
 
 
 class BgSsimPie(_PieBackground):
@@ -109,8 +118,8 @@ class BgSsimPie(_PieBackground):
         return {**super().config(), "window": "gaussian 11, sigma 1.5", "crop_border": self.crop_border}
 
     def formula(self, src, edt):
-        mean, full = structural_similarity_index_measure(src[None], edt[None], data_range=1.0, sigma=self.SIGMA,
-                                                         return_full_image=True)
+        mean, full = _tm().structural_similarity_index_measure(src[None], edt[None], data_range=1.0, sigma=self.SIGMA,
+                                                               return_full_image=True)
         if not self.crop_border:
             return float(mean)
         return float(full[..., self.PAD:-self.PAD, self.PAD:-self.PAD].mean())
@@ -167,6 +176,6 @@ class ReconPsnr(Metric):
             if not is_reconstruction(inp):
                 out.append(NAN)
                 continue
-            out.append(float(peak_signal_noise_ratio(unit_from_png(inp.edited)[None], unit_from_png(inp.source)[None],
-                                                     data_range=1.0)))
+            out.append(float(_tm().peak_signal_noise_ratio(unit_from_png(inp.edited)[None],
+                                                           unit_from_png(inp.source)[None], data_range=1.0)))
         return out

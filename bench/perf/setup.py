@@ -71,7 +71,7 @@ class MethodSpec:
 
 def method_spec(label: str, model: str, steps: int | None = None, inner_steps: int | None = None,
                 extra: dict[str, Any] | None = None) -> MethodSpec:
-    from bench.runner import method_from_config
+    from bench.job_parts import method_from_config
 
     cfg = compose([f"model={config_model_name(model)}", f"method={label}"])
     plain = OmegaConf.to_container(cfg.method, resolve=True)

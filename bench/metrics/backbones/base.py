@@ -13,7 +13,7 @@ import torch
 
 from bench.models import ModelNotFoundError
 
-FETCH_HINT = "bench weights fetch --metrics <set>"
+FETCH_HINT = "bench weights fetch --metrics {metric_set}"
 FORWARD_CALLS: Counter = Counter()  # process-wide forward passes per backbone identity (tests read it)
 
 
@@ -72,6 +72,7 @@ class Backbone:
     """One evaluator network: how to find its weights and how to load it."""
 
     kind = "backbone"
+    metric_set = "default"  # the conf/metrics set whose `bench weights fetch --metrics` fetches it
 
     def key(self) -> tuple:
         """Equal keys = the same loaded object (shared between metrics in one scoring call)."""
@@ -117,7 +118,7 @@ class Backbone:
         return WeightsNotFoundError(
             f"Weights for evaluator backbone {self.describe()} were not found: {why}.\n"
             f"  searched:\n{lines}\n"
-            f"  fix: run `{FETCH_HINT}` on a machine with internet and copy the caches (TORCH_HOME, HF_HOME) "
+            f"  fix: run `{FETCH_HINT.format(metric_set=self.metric_set)}` on a machine with internet and copy the caches (TORCH_HOME, HF_HOME) "
             f"here, or set an explicit local path in the metric config (conf/metrics/*.yaml)."
         )
 

@@ -135,6 +135,7 @@ HF_CLIP_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
 
 class HfClipBackbone(Backbone):
     kind = "hf_clip"
+    metric_set = "pie_bench"
 
     def __init__(self, model: str = "openai/clip-vit-large-patch14", revision: str | None = None,
                  cache_dir: str | None = None):

@@ -57,6 +57,7 @@ class LpipsBackbone(Backbone):
         if flavor not in ("lpips", "torchmetrics"):
             raise ValueError(f"LPIPS flavor={flavor!r}: expected 'lpips' or 'torchmetrics'")
         self.net, self.path, self.flavor = net, path, flavor
+        self.metric_set = "pie_bench" if flavor == "torchmetrics" else "default"
 
     def key(self) -> tuple:
         return (self.kind, self.flavor, self.net, str(self.path or ""))
