@@ -9,8 +9,9 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
 
-from bench.metrics.registry import BUILTIN
+from bench.config import config_file, group_options
 from bench.tables import PAPER_DIR, load_paper, paper_comparison
 
 # Plausible values of one edit under each unit. CLIP cosines of an image and a caption describing it lie in
@@ -27,6 +28,19 @@ RANGES = {
 }
 PAPERS = sorted(PAPER_DIR.glob("*.csv"))
 ROWS = [(p.stem, i, row) for p in PAPERS for i, row in load_paper(p).iterrows()]
+
+
+def registered_metrics() -> dict[str, dict]:
+    """Every metric id of every metric set (conf/metrics/*.yaml ``registry:``) → its config entry."""
+    registry: dict[str, dict] = {}
+    for metric_set in group_options("metrics"):
+        cfg = yaml.safe_load(config_file("metrics", metric_set).read_text(encoding="utf-8")) or {}
+        for metric_id, entry in (cfg.get("registry") or {}).items():
+            registry.setdefault(metric_id, entry)
+    return registry
+
+
+BUILTIN = registered_metrics()
 
 
 def metric_class(metric_id: str):
