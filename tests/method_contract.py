@@ -82,7 +82,7 @@ def edit_only_variant(method: Method) -> Method | None:
 
 def check_inversion_reuse(pipe, spec: MethodSpec, item, results_dir: Path) -> None:
     """``inversion_fields`` are fields; a job with one edit-only hyperparameter changed loads the cached
-    inversion from disk and spends no inversion NFE (runner: bench.runner.EditJob)."""
+    inversion from disk and spends no inversion NFE (runner: bench.edit_job.EditJob)."""
     names = {f.name for f in dataclasses.fields(spec.method)}
     assert set(spec.method.inversion_fields) <= names, (
         f"{spec.label}: inversion_fields {set(spec.method.inversion_fields) - names} are not hyperparameters")

@@ -11,8 +11,8 @@ from PIL import Image
 
 from bench import records
 from bench.data.item import EditItem
+from bench.edit_job import EditJob
 from bench.job_parts import method_from_config
-from bench.runner import EditJob
 from methods.base import Inversion
 from methods.ddim import DDIM
 from methods.null_text_p2p import NullTextP2P, early_stop_threshold, optimise_timestep

@@ -22,9 +22,10 @@ from test_runner import FAST, ListDataset, dataset_overrides, write_yaml_dataset
 from bench import records
 from bench.config import ConfigError, instantiate
 from bench.data.item import EditItem, ItemError
+from bench.edit_job import EditJob
 from bench.io import atomic_path, clean_stale_tmp, tmp_prefix, write_json
 from bench.job_parts import method_from_config
-from bench.runner import EditJob, run_from_config
+from bench.runner import run_from_config
 from bench.tables import load_edits, summary_table, to_markdown, write_tables
 
 SDEDIT = {"_target_": "methods.sdedit.SDEdit", "num_inference_steps": 2, "scheduler": {"steps_offset": 1}}

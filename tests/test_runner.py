@@ -15,8 +15,9 @@ from PIL import Image
 
 from bench import records
 from bench.data.item import EditItem
+from bench.edit_job import EditJob
 from bench.job_parts import method_from_config
-from bench.runner import EditJob, run_from_config
+from bench.runner import run_from_config
 from bench.tables import load_edits, summary_table
 
 FAST = ["model=tiny_random", "method=sdedit", "method.num_steps=4"]

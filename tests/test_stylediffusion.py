@@ -13,8 +13,8 @@ from PIL import Image
 
 from bench import records
 from bench.data.item import EditItem
+from bench.edit_job import EditJob
 from bench.job_parts import method_from_config
-from bench.runner import EditJob
 from methods.base import HyperparameterError, Inversion
 from methods.p2p import attention_control, sd_equivalent_resolution
 from methods.steps import classifier_free_guidance, ddim_step

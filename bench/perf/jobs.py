@@ -1,4 +1,4 @@
-"""Running one edit item through the harness's own runner (``bench.runner.EditJob``), as a sweep does."""
+"""Running one edit item through the harness's own runner (``bench.edit_job.EditJob``), as a sweep does."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from bench import records
 from bench.data.base import Dataset
 from bench.data.item import EditItem
-from bench.runner import EditJob, JobSummary
+from bench.edit_job import EditJob, JobSummary
 
 
 class ItemsDataset(Dataset):
