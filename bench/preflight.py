@@ -110,12 +110,11 @@ def model_needs(model_cfg: dict[str, Any], image_encoder: bool = True) -> list[N
 
 def metric_needs(metrics_cfg: Any) -> list[Need]:
     """Every metric backbone of the metric set, once each (metrics that share a network share it)."""
-    from bench.metric_stage import metric_backbones
     from bench.metrics.registry import build_metrics
 
     needs, seen = [], set()
     for metric in build_metrics(metrics_cfg):
-        for backbone in metric_backbones(metric):
+        for backbone in metric.backbones():
             if backbone.key() not in seen:
                 seen.add(backbone.key())
                 needs.append(_backbone_need(backbone, metric.id))
@@ -162,7 +161,8 @@ def check(cfg: Any, choices: dict[str, str], image_encoder: bool = True) -> None
     ``image_encoder``: whether the job's method uses the model's image encoder."""
     from omegaconf import OmegaConf
 
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = {part: OmegaConf.to_container(cfg[part], resolve=True)  # the job's parts only (not hydra's node)
+             for part in ("model", "metrics", "dataset", "paths")}
     lines, fetch_model, fetch_metrics = [], False, False
     for need in model_needs(plain["model"], image_encoder=image_encoder):
         missing, _ = is_missing(need)

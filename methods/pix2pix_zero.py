@@ -3,7 +3,7 @@ direction and cross-attention guidance.
 
 Inversion (N = num_steps): DDIM inversion with the source prompt at w = ``inversion_guidance_scale`` (1 in
 the reference), where each step's noise prediction ε̂ is first pushed towards white Gaussian noise by
-``num_reg_steps`` rounds of gradient steps on
+``num_inner_steps`` rounds of gradient steps on
   L_ac = Σ_c Σ_levels [mean(η · roll_s(η, H))² + mean(η · roll_s(η, W))²]   (η: one channel, average-pooled
          ×2 per level until ≤ 8², s ~ U{0, …, size/2 − 1} per channel and level; ``num_ac_rolls`` draws,
          each step ε̂ ← ε̂ − λ_ac ∇L_ac / num_ac_rolls)
@@ -18,7 +18,7 @@ model's own text encoder and cached by ``EditPipeline.encode_prompts``), or E(ta
 E(source prompt) (``direction: prompts``, PnPInversion's PIE-Bench run). With c = E(source prompt):
 per step t, a reference branch z^ref runs plain DDIM with c and its cross-attention maps M^ref_t are
 kept; the edited latent x is duplicated as the [c, c + Δ] CFG pair, moved by one SGD step of size
-λ_xa = ``cross_attention_guidance`` on Σ_layers mean_{rows, heads} Σ_{q, k} (M_t(x) − M^ref_t)², the noise
+λ_xa = ``lambda_xa`` on Σ_layers mean_{rows, heads} Σ_{q, k} (M_t(x) − M^ref_t)², the noise
 is recomputed at the moved pair, and x ← DDIM(x_pair[0], ε(c) + w (ε(c + Δ) − ε(c))) with w = ``guidance_scale``
 (the "negative prompt" is the unedited prompt). Reference: src/utils/edit_pipeline.py:79-109 (reference
 pass), :114-116 (c + Δ), :119-157 (guided loop); Δ: src/utils/edit_directions.py ``construct_direction``.
@@ -89,12 +89,12 @@ def _gradient(loss_fn, value: torch.Tensor) -> torch.Tensor:
         return torch.autograd.grad(loss_fn(leaf), leaf)[0]
 
 
-def regularize_noise(eps: torch.Tensor, lambda_ac: float, lambda_kl: float, num_reg_steps: int,
+def regularize_noise(eps: torch.Tensor, lambda_ac: float, lambda_kl: float, num_inner_steps: int,
                      num_ac_rolls: int, generator: torch.Generator) -> torch.Tensor:
     """ε̂ after the reference's regularisation rounds, each sample of the batch on its own."""
     out = []
     for sample in eps:
-        for _ in range(num_reg_steps):
+        for _ in range(num_inner_steps):
             if lambda_ac > 0:
                 for _ in range(num_ac_rolls):
                     shifts = roll_shifts(generator, sample.shape[0], sample.shape[-1])
@@ -161,7 +161,7 @@ class Pix2PixZero(Method):
 
     name = "pix2pix_zero"
     version = "1"
-    inversion_fields = ("num_steps", "inversion_guidance_scale", "lambda_ac", "lambda_kl", "num_reg_steps",
+    inversion_fields = ("num_steps", "inversion_guidance_scale", "lambda_ac", "lambda_kl", "num_inner_steps",
                         "num_ac_rolls")
     stochastic = True  # the auto-correlation shifts are random
 
@@ -170,9 +170,9 @@ class Pix2PixZero(Method):
     guidance_scale: float = 5.0  # edit_real.py --negative_guidance_scale 5.0
     lambda_ac: float = 20.0  # ddim_inv.py lambda_ac
     lambda_kl: float = 20.0  # ddim_inv.py lambda_kl
-    num_reg_steps: int = 5
+    num_inner_steps: int = 5
     num_ac_rolls: int = 5
-    cross_attention_guidance: float = 0.1  # λ_xa, edit_real.py --xa_guidance 0.1
+    lambda_xa: float = 0.1  # λ_xa, edit_real.py --xa_guidance 0.1
     direction: str = "sentences"  # "sentences" (sentence sets by blend words) or "prompts"
 
     def __post_init__(self) -> None:
@@ -181,9 +181,9 @@ class Pix2PixZero(Method):
         check_range(self, "guidance_scale", 0.0, 100.0)
         check_range(self, "lambda_ac", 0.0, 1e4)
         check_range(self, "lambda_kl", 0.0, 1e4)
-        check_range(self, "num_reg_steps", 0, 100)
+        check_range(self, "num_inner_steps", 0, 100)
         check_range(self, "num_ac_rolls", 1, 100)
-        check_range(self, "cross_attention_guidance", 0.0, 1e4)
+        check_range(self, "lambda_xa", 0.0, 1e4)
         if self.direction not in DIRECTION_MODES:
             raise HyperparameterError(f"{type(self).__name__}.direction={self.direction!r}: "
                                       f"expected one of {DIRECTION_MODES}")
@@ -196,7 +196,7 @@ class Pix2PixZero(Method):
         latents = pipe.encode_image(image)
         for t in scheduler.timesteps.flip(0):
             eps = guided_noise(pipe, latents, t, cond, uncond, self.inversion_guidance_scale)
-            eps = regularize_noise(eps, self.lambda_ac, self.lambda_kl, self.num_reg_steps, self.num_ac_rolls,
+            eps = regularize_noise(eps, self.lambda_ac, self.lambda_kl, self.num_inner_steps, self.num_ac_rolls,
                                    generator)
             latents = ddim_inversion_step(scheduler, eps, int(t), latents)
         return Inversion({"x_T": latents}, {"timesteps": [int(t) for t in scheduler.timesteps]})
@@ -220,7 +220,7 @@ class Pix2PixZero(Method):
             pipe.unet_eps(x_in, t, pair)
             loss = attention_loss(recorder.maps, reference_maps)
             grad = torch.autograd.grad(loss, x_in)[0]
-        return (x_in - self.cross_attention_guidance * grad).detach()
+        return (x_in - self.lambda_xa * grad).detach()
 
     @torch.no_grad()
     def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:

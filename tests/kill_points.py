@@ -30,7 +30,7 @@ from test_runner import dataset_overrides, write_yaml_dataset  # noqa: E402
 
 
 def args(data: Path, results: Path) -> list[str]:
-    return [sys.executable, "-m", "bench.cli", "model=tiny_random", "method=sdedit", "method.num_inference_steps=20",
+    return [sys.executable, "-m", "bench.cli", "model=tiny_random", "method=sdedit", "method.num_steps=20",
             "method.strength=1.0", *dataset_overrides(data), f"paths.results_dir={results}", "runtime.progress=false",
             "runtime.num_threads=1", "tables=false"]
 

@@ -102,6 +102,6 @@ def test_targets_outside_the_package_and_the_user_dirs_stay_refused(user_dir):
 
     (user_dir / "json.py").write_text("raise RuntimeError('never imported')\n", encoding="utf-8")
     for target in ("os.system", "json.loads"):
-        with pytest.raises(ConfigError, match="only classes under"):
+        with pytest.raises(ConfigError, match="only objects under"):
             instantiate({"_target_": target}, what="method")
     assert instantiate({"_target_": "my_methods.MyNegativePromptP2P", "num_steps": 3}, what="method").num_steps == 3

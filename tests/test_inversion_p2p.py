@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 import torch
 
+from bench.images import psnr
 from bench.models import load_pipeline
 from bench.perf.setup import source_tensor, write_item
-from bench.runner import psnr
 from methods.ddim import DDIM
 from methods.direct_inversion_p2p import DirectInversionP2P
 from methods.inversion_p2p import InversionP2P
@@ -65,7 +65,7 @@ def test_toy_reconstruction_beats_plain_ddim_at_w_7_5(tmp_path):
     5.0 dB); Direct Inversion on average (23.64 vs 22.32 dB; its target row is not corrected)."""
     from bench.data.preprocess import load_image_tensor
     from bench.data.toy_shapes import ToyShapes
-    from bench.toyworld.train import WEIGHTS_DIR
+    from bench.toyworld.evaluators import WEIGHTS_DIR
     from tests.conftest import SCHEDULER_OFFSET0
 
     pipe = load_pipeline({"name": "toy-sd", "path": str(WEIGHTS_DIR / "toy-sd"), "local_files_only": True,
@@ -79,6 +79,6 @@ def test_toy_reconstruction_beats_plain_ddim_at_w_7_5(tmp_path):
         image, _ = load_image_tensor(item.image_path, pipe.resolution)
         for name, method in methods.items():
             edited = method.edit(pipe, method.invert(pipe, image, item.source_prompt, None), item, None)
-            scores[name].append(psnr(edited, image[0]))
+            scores[name].append(float(psnr(edited, image[0])))
     assert all(n > d for n, d in zip(scores["npi"], scores["ddim"])), scores
     assert sum(scores["di"]) > sum(scores["ddim"]), scores

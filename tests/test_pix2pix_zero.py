@@ -30,7 +30,7 @@ KERNEL_TOL = dict(rtol=1e-4, atol=1e-4)
 
 
 def method(**overrides) -> Pix2PixZero:
-    return Pix2PixZero(**{"num_steps": 4, "num_reg_steps": 1, "num_ac_rolls": 2, **overrides})
+    return Pix2PixZero(**{"num_steps": 4, "num_inner_steps": 1, "num_ac_rolls": 2, **overrides})
 
 
 def numpy_auto_correlation(noise: np.ndarray, shifts) -> float:
@@ -60,7 +60,7 @@ def test_auto_correlation_and_kl_losses_match_an_independent_computation():
 
 def test_kl_step_follows_the_analytic_gradient():
     eps = 1.5 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.3
-    out = regularize_noise(eps, lambda_ac=0.0, lambda_kl=2.0, num_reg_steps=1, num_ac_rolls=1,
+    out = regularize_noise(eps, lambda_ac=0.0, lambda_kl=2.0, num_inner_steps=1, num_ac_rolls=1,
                            generator=torch.Generator())
     x, n = eps[0], eps[0].numel()
     var, mu = x.var(), x.mean()
@@ -104,7 +104,7 @@ def test_unregularised_inversion_is_ddim_and_regularisation_changes_it(tiny_pipe
 
 @torch.no_grad()
 def test_zero_guidance_is_plain_ddim_with_the_shifted_embedding(tiny_pipe, source_image):
-    p2pz = method(cross_attention_guidance=0.0, guidance_scale=3.0)
+    p2pz = method(lambda_xa=0.0, guidance_scale=3.0)
     inversion = p2pz.invert(tiny_pipe, source_image, SOURCE, torch.Generator().manual_seed(0))
     reference, edited = p2pz.edit_latents(tiny_pipe, inversion, ITEM)
     source = tiny_pipe.encode_prompts([SOURCE])
@@ -113,12 +113,12 @@ def test_zero_guidance_is_plain_ddim_with_the_shifted_embedding(tiny_pipe, sourc
     x_T = inversion.tensors["x_T"]
     torch.testing.assert_close(edited[None], ddim_sampling_loop(tiny_pipe, x_T, shifted, source, 3.0), **KERNEL_TOL)
     torch.testing.assert_close(reference[None], ddim_sampling_loop(tiny_pipe, x_T, source, source, 1.0), **KERNEL_TOL)
-    guided = method(guidance_scale=3.0, cross_attention_guidance=5.0).edit_latents(tiny_pipe, inversion, ITEM)[1]
+    guided = method(guidance_scale=3.0, lambda_xa=5.0).edit_latents(tiny_pipe, inversion, ITEM)[1]
     assert (guided - edited).abs().max() > 1e-3
 
 
 def test_guidance_step_lowers_the_attention_loss_and_costs_as_documented(tiny_pipe, source_image):
-    p2pz = method(cross_attention_guidance=1e-3)
+    p2pz = method(lambda_xa=1e-3)
     inversion = p2pz.invert(tiny_pipe, source_image, SOURCE, torch.Generator().manual_seed(0))
     tiny_pipe.scheduler.set_timesteps(4)
     t = tiny_pipe.scheduler.timesteps[0]
@@ -153,6 +153,6 @@ def test_processors_restored_after_an_exception_and_bad_values_raise(tiny_pipe, 
     with pytest.raises(RuntimeError, match="boom"):
         p2pz.edit(tiny_pipe, inversion, ITEM, torch.Generator())
     assert {name: type(proc) for name, proc in tiny_pipe.unet.attn_processors.items()} == original
-    for bad in ({"lambda_ac": -1.0}, {"num_ac_rolls": 0}, {"cross_attention_guidance": -0.1}, {"direction": "clip"}):
+    for bad in ({"lambda_ac": -1.0}, {"num_ac_rolls": 0}, {"lambda_xa": -0.1}, {"direction": "clip"}):
         with pytest.raises(HyperparameterError):
             method(**bad)

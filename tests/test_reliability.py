@@ -28,7 +28,7 @@ from bench.job_parts import method_from_config
 from bench.runner import run_from_config
 from bench.tables import load_edits, summary_table, to_markdown, write_tables
 
-SDEDIT = {"_target_": "methods.sdedit.SDEdit", "num_inference_steps": 2, "scheduler": {"steps_offset": 1}}
+SDEDIT = {"_target_": "methods.sdedit.SDEdit", "num_steps": 2, "scheduler": {"steps_offset": 1}}
 
 
 def sdedit_job(pipe, items, results: Path, **hparams) -> EditJob:
@@ -123,7 +123,7 @@ def test_three_concurrent_commands_on_one_results_dir(tmp_path):
     has its own summary, no temp file is left, every record is complete."""
     data = write_yaml_dataset((tmp_path / "data").mkdir() or tmp_path / "data", n_images=1)
     results = tmp_path / "results"
-    base = [sys.executable, "-m", "bench.cli", "model=tiny_random", "method=sdedit", "method.num_inference_steps=3",
+    base = [sys.executable, "-m", "bench.cli", "model=tiny_random", "method=sdedit", "method.num_steps=3",
             *dataset_overrides(data), f"paths.results_dir={results}", "runtime.progress=false",
             "runtime.num_threads=1", "++hydra.callbacks.aggregate.report=false"]
     commands = [base + ["method.strength=0.7"], base + ["method.strength=0.8"],
@@ -334,8 +334,11 @@ def test_method_source_change_needs_a_version_bump(tmp_path):
     module = tmp_path / "methods" / "sdedit.py"
     module.write_text(module.read_text().replace("strength: float = 0.8", "strength: float = 0.7"))
     (changed,) = problems(tmp_path)
-    assert "methods.sdedit" in changed and "SDEdit.version='1' did not" in changed
-    module.write_text(module.read_text().replace('version = "1"', 'version = "2"'))
+    from methods.sdedit import SDEdit
+
+    assert "methods.sdedit" in changed and f"SDEdit.version='{SDEdit.version}' did not" in changed
+    bumped = str(int(SDEdit.version) + 1)
+    module.write_text(module.read_text().replace(f'version = "{SDEdit.version}"', f'version = "{bumped}"'))
     assert "versions bumped" in problems(tmp_path)[0]
     write_json(tmp_path / VERSIONS_FILE, current_state(tmp_path))
     assert problems(tmp_path) == []

@@ -148,7 +148,7 @@ class ColorManipulation:
 
     @staticmethod
     def figure(shown: list[dict]):
-        from bench.metrics.common import to_uint8
+        from bench.images import to_uint8
 
         plt = pyplot()
         columns = list(shown[0])

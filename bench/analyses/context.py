@@ -124,7 +124,7 @@ class AnalysisContext:
     def inversion(self, method: Method, label: str, scheduler_cfg: dict, item: EditItem, image: torch.Tensor,
                   sha: str) -> Inversion:
         """``method.invert`` of the item's source, from the results dir's inversion cache when present."""
-        from bench.runner import inversion_key
+        from bench.keys import inversion_key
 
         pipe = self.pipe_for(scheduler_cfg)
         key = inversion_key(pipe, scheduler_cfg, method, sha, item.source_prompt, self.seed)

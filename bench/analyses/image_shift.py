@@ -99,7 +99,7 @@ class ImageShift:
 
     @staticmethod
     def figure(shown: dict, ks: list[int]):
-        from bench.metrics.common import to_uint8
+        from bench.images import to_uint8
 
         plt = pyplot()
         kinds = ("target", "EF", "naive")
