@@ -11,10 +11,10 @@ from bench.table_stats import item_means
 from bench.tables import default_points, metric_header
 
 
-def default_item_values(long: pd.DataFrame, edits: pd.DataFrame, conf_dir=None) -> dict[str, pd.DataFrame]:
+def default_item_values(long: pd.DataFrame, edits: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """metric id → DataFrame (items × method labels) of item means at each method's default point
     (display scale applied); methods without a default point are left out."""
-    defaults = default_points(edits, conf_dir)
+    defaults = default_points(edits)
     long = long[[defaults.get(m) == p for m, p in zip(long["method"], long["point"])]]
     out = {}
     for metric_id, group in long.groupby("metric_id", sort=False):
@@ -23,10 +23,10 @@ def default_item_values(long: pd.DataFrame, edits: pd.DataFrame, conf_dir=None) 
     return out
 
 
-def compare_methods(long: pd.DataFrame, edits: pd.DataFrame, a: str, b: str, conf_dir=None) -> pd.DataFrame:
+def compare_methods(long: pd.DataFrame, edits: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     """One row per metric: A − B at each method's default point on the items both scored (a metric
     only one of them has gets n = 0 and empty cells)."""
-    methods, defaults = set(edits["method"]), default_points(edits, conf_dir)
+    methods, defaults = set(edits["method"]), default_points(edits)
     for name in (a, b):
         if name not in methods:
             raise ValueError(f"--compare: no records of method {name!r}; methods here: {sorted(methods)}")
@@ -35,7 +35,7 @@ def compare_methods(long: pd.DataFrame, edits: pd.DataFrame, a: str, b: str, con
             raise ValueError(f"--compare: {name!r} has several points and none has the values of "
                              f"conf/method/{name}.yaml; points: {points}")
     rows = []
-    for metric_id, frame in default_item_values(long, edits, conf_dir).items():
+    for metric_id, frame in default_item_values(long, edits).items():
         first = long.loc[long["metric_id"] == metric_id].iloc[0]
         higher = bool(first["higher_is_better"])
         missing = pd.Series(np.nan, index=frame.index)

@@ -73,7 +73,7 @@ def _backbone_need(backbone, metric_id: str) -> Need:
 def _hub_need(repo: str, revision: str | None, patterns: list[str] | None, needed_by: str) -> Need:
     from huggingface_hub import snapshot_download
 
-    from bench.metrics.backbones import hf_cache_dir
+    from bench.models import hf_cache_dir
 
     local = Path(repo).is_absolute() or repo.startswith((".", "~"))
 

@@ -161,7 +161,7 @@ def test_paper_table_carries_rank_agreement(tmp_path):
     paper_dir.mkdir()
     published = {"m1": 0.2, "m2": 0.1, "m3": 0.3, "m4": 0.4}  # m1/m2 swapped: τ = 4/6, ρ = 0.8
     pd.DataFrame([{"paper_table": "x", "paper_method": m.upper(), "method": m, "paper_metric": "LPIPS",
-                   "metric_id": "lpips_alex", "value": v, "paper_scale": 1, "higher_is_better": False,
+                   "metric_id": "lpips_alex", "value": v, "paper_scale": 1, "unit": "LPIPS distance", "higher_is_better": False,
                    "dataset": "*", "model": "sd14", "source": "a paper", "note": ""}
                   for m, v in published.items()]).to_csv(paper_dir / "x.csv", index=False)
     write_tables(root, papers=["x"], paper_dir=paper_dir)

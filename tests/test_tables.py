@@ -158,7 +158,8 @@ def test_published_numbers_files_are_complete_and_mapped():
     assert pie.loc[("DDIM + P2P", "clip_score_edit_pie"), "value"] == 22.44
     mapped = set(papers["stylediffusion"]["method"]) | set(papers["pie_bench"]["method"]) - {""}
     assert mapped - {""} == {"ddim_p2p", "sdedit", "null_text_p2p", "stylediffusion_p2plus", "ddim_p2p_pie",
-                             "null_text_p2p_pie", "stylediffusion_p2plus_pie", "pnp", "pix2pix_zero_pie"}
+                             "null_text_p2p_pie", "stylediffusion_p2plus_pie", "pnp", "pix2pix_zero_pie",
+                             "negative_prompt_p2p", "direct_inversion_p2p"}
     conf = REPO_ROOT / "conf" / "method"
     assert all((conf / f"{m}.yaml").is_file() for m in mapped - {""})  # labels are method configs
     assert (REPO_ROOT / "results" / "paper").is_dir()

@@ -66,7 +66,8 @@ def needs_for(models: list[str], metrics: str | None) -> list[Need]:
 
 
 def run(args) -> int:
-    from bench.metrics.backbones import downloads_allowed, hf_cache_dir
+    from bench.metrics.backbones import downloads_allowed
+    from bench.models import hf_cache_dir
 
     dry = args.action == "list" or args.dry_run
     models = [args.model] if args.model else (hub_models() if dry else [])
