@@ -37,6 +37,7 @@ class InversionP2P(P2PEditHparams, ItemBatchedMethod):
     self_replace_steps: float | tuple[float, float] = 0.6
     p2p_mode: str = "refine"
     self_replace_max_resolution: int = 32
+    blend_start: float = 0.2  # LocalBlend start_blend=0.2 (models/p2p/attention_control.py:123,145)
 
     def __post_init__(self) -> None:
         check_range(self, "num_steps", 1, 1000)

@@ -181,7 +181,8 @@ def test_no_spec_section_citations_anywhere():
 def test_edits_are_saved_with_the_references_truncation_sources_round_trip():
     import numpy as np
 
-    from bench.data.preprocess import from_pil, to_pil
+    from bench.data.preprocess import from_pil
+    from bench.images import to_pil
 
     values = torch.tensor([-1.0, -0.999, 0.0, 0.0039, 0.5, 0.99, 1.0])
     image = values.view(1, 1, -1).expand(3, 1, -1)
