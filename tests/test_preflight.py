@@ -42,10 +42,10 @@ def test_job_missing_weights_and_data_fails_fast_listing_everything(tmp_path):
     assert run.returncode == 2, run.stderr[-3000:]
     err = run.stderr
     for piece in ("CompVis/stable-diffusion-v1-4", "openai/clip-vit-base-patch16",  # model + image encoder
-                  "LPIPS-alex", "LPIPS-vgg", "open_clip 'ViT-L-14'", "timm 'vit_base_patch8_224.dino'",
-                  "dataset ef_examples"):
+                  "LPIPS-alex", "LPIPS-vgg", "open_clip 'ViT-L-14'", "open_clip 'ViT-B-32'",
+                  "timm 'vit_base_patch8_224.dino'", "dataset ef_examples"):
         assert piece in err, piece
-    assert "7 piece(s) missing" in err
+    assert "8 piece(s) missing" in err
     commands = re.findall(r"^\s+(bench weights fetch .*)$", err, flags=re.M)
     assert commands == ["bench weights fetch --model sd14 --metrics default --data ef_examples"], err
     assert "Retrying" not in err and "thrown while requesting" not in err  # never reached for the hub
