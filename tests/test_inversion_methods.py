@@ -1,6 +1,6 @@
 """DDIM / DDIM+P2P / naive DDPM / EF-DDPM (+P2P) on the tiny random pipeline (CPU, fp32, few steps).
 
-Expected values of the "one reference step" checks are computed here from the spec's formulas with
+Expected values of the "one reference step" checks are computed here from the formulas of docs/methods.md with
 the UNet called directly (no ``methods`` code on the reference side).
 """
 
@@ -64,7 +64,7 @@ def test_ef_reconstruction_is_exact_with_z1_and_misses_one_step_without(tiny_pip
     exact = method.edit_latents(tiny_pipe, inversion, item())
     assert (exact - x0).abs().max() <= 1e-5
 
-    # reference z_1 = 0: x̂_0 = μ_1(x_1) = x_0 − η σ_1 z_1 — the one-step residual, computed from the spec
+    # reference z_1 = 0: x̂_0 = μ_1(x_1) = x_0 − η σ_1 z_1 — the one-step residual, computed from the formula
     reference = EFDDPM(num_steps=6, inversion_guidance_scale=3.5, guidance_scale=3.5, skip=0, keep_z1=False)
     x0_hat = reference.edit_latents(tiny_pipe, inversion, item())
     scheduler = tiny_pipe.scheduler
@@ -142,7 +142,7 @@ def ref_guided_batch(pipe, x, t, prompts: list[str], scales: list[float]) -> tor
 
 
 def ref_ddim(scheduler, x, eps, t: int, stride: int, invert: bool) -> torch.Tensor:
-    """DDIM step t → t−Δ, or its inversion t−Δ → t (P2P next_step), from the spec's formulas."""
+    """DDIM step t → t−Δ, or its inversion t−Δ → t (P2P next_step), from the formulas of docs/methods.md."""
     a_t, a_prev = ab(scheduler, t), ab(scheduler, t - stride)
     a_from, a_to = (a_prev, a_t) if invert else (a_t, a_prev)
     return a_to.sqrt() * (x - (1 - a_from).sqrt() * eps) / a_from.sqrt() + (1 - a_to).sqrt() * eps

@@ -1,5 +1,5 @@
-"""Each metric against an independent computation written here from the protocol (methods.md §3.3,
-conventions.md §1.F), identity checks, NaN semantics. Backbones are tiny random-weight networks saved
+"""Each metric against an independent computation written here from the protocol (docs/metrics.md#the-metrics,
+reference code cited there), identity checks, NaN semantics. Backbones are tiny random-weight networks saved
 to local files and loaded by the metrics through their real loaders (no network, no cache)."""
 
 from __future__ import annotations

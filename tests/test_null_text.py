@@ -57,7 +57,7 @@ def alpha_bar(scheduler, t: int) -> torch.Tensor:
 
 
 def test_one_inner_step_matches_an_independent_implementation(pipe, source_image, generator):
-    """One Adam step on ∅ at i = 0, written from the spec's formulas (§1 step indexing, §2.4 loop)."""
+    """One Adam step on ∅ at i = 0, written from docs/methods.md#null-text-inversion-and-stylediffusion."""
     steps, w = 3, 7.5
     method = NullTextP2P(num_steps=steps, guidance_scale=w, num_inner_steps=1, early_stop_epsilon=0.0)
     inversion = method.invert(pipe, source_image, PROMPT, generator)

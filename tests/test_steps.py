@@ -1,7 +1,7 @@
-"""Shared step math against formulas written here from the methods spec (§1, §2.2, §2.3), in float64.
+"""Shared step math against formulas written here from docs/methods.md#ddim--p2p--ddpm-noise-space-methods, in float64.
 
-The reference side of every check uses only ``scheduler.alphas_cumprod`` (diffusers' table) and the
-spec's formulas; nothing from ``methods/`` is used to compute expected values.
+The reference side of every check uses only ``scheduler.alphas_cumprod`` (diffusers' table) and those
+formulas; nothing from ``methods/`` is used to compute expected values.
 """
 
 from __future__ import annotations

@@ -41,9 +41,9 @@ CLASS_WNIDS: dict[str, tuple[str, str]] = {
 }
 # how each id was checked (recorded in the manifest)
 WNID_VERIFICATION = {
-    **{c: "listed in the spec as confirmed; re-checked in imagenet_r_wnids (hendrycks/imagenet-r eval.py @ 44d3a1d)"
+    **{c: "pre-assigned as confirmed; re-checked in imagenet_r_wnids (hendrycks/imagenet-r eval.py @ 44d3a1d)"
        for c in ("goldfish", "hummingbird", "penguin", "husky")},
-    **{c: "was 'verify' in the spec; found in imagenet_r_wnids (hendrycks/imagenet-r eval.py @ 44d3a1d) and the "
+    **{c: "pre-assigned as 'verify'; found in imagenet_r_wnids (hendrycks/imagenet-r eval.py @ 44d3a1d) and the "
           "synset words match the ImageNet-1k list" for c in ("cat", "panda", "castle", "jeep", "violin", "pizza")},
 }
 

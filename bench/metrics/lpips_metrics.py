@@ -1,13 +1,13 @@
 """LPIPS family: ``lpips_alex``, ``lpips_vgg``, ``recon_lpips``, ``ns_lpips_gt``, ``ns_lpips_sd``.
 
-Sources (``/work/shared/spec/methods.md``):
-- §3.3 "LPIPS (fidelity to source)": ``lpips.LPIPS(net='alex')`` (and ``'vgg'``), inputs in [-1, 1]
+Sources (docs/metrics.md#the-metrics):
+- LPIPS (fidelity to source): ``lpips.LPIPS(net='alex')`` (and ``'vgg'``), inputs in [-1, 1]
   at the edit resolution, edited vs source.
-- §3.3 "NS-LPIPS" (StyleDiffusion ``eval_metrics/ns_lpips.py`` L12-15, L35-43, L83-88): images and
+- NS-LPIPS (sen-mao/StyleDiffusion@07b388a ``eval_metrics/ns_lpips.py`` L12-15, L35-43, L83-88): images and
   background mask resized to 256² and converted with ``ToTensor`` ([0, 1]); the soft mask is used
   (the ``>0.5`` threshold is computed and then overwritten); ``LPIPS(net='alex')(src·m, tgt·m)``
   on [0, 1] inputs without ``normalize=True``. The mask generation is in ``bench.metrics.ns_mask``.
-- ``ns_lpips_gt`` is the cleaned variant of §3.3 item 3: binary ground-truth mask, [-1, 1] inputs.
+- ``ns_lpips_gt`` is the cleaned variant of NS-LPIPS: binary ground-truth mask, [-1, 1] inputs.
 """
 
 from __future__ import annotations

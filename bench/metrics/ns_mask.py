@@ -1,7 +1,7 @@
 """StyleDiffusion's NS-LPIPS background mask (``sen-mao/StyleDiffusion`` ``eval_metrics/storemask.py``).
 
-Source: ``/work/shared/spec/methods.md`` §3.3 "NS-LPIPS" item 1 (storemask.py L15-22, L118-135,
-L219-228). Steps reproduced:
+Source: sen-mao/StyleDiffusion@07b388a ``eval_metrics/storemask.py`` L15-22, L118-135, L219-228
+(docs/metrics.md#quirks-reproduced-on-purpose). Steps reproduced:
 
 1. Hand-built DDIM (SD betas, ``set_alpha_to_one=False``, ``steps_offset`` 0), 50 steps.
 2. DDIM-invert the source latent (VAE posterior mean × scaling factor) with the *source* prompt,

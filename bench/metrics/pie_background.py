@@ -1,7 +1,7 @@
 """PIE-Bench background ("unedit part") metrics and reconstruction PSNR.
 
-Source: conventions.md §1.F and PnPInversion ``evaluation/evaluate.py`` / ``matrics_calculator.py``
-(methods.md §3.3, §3.5):
+Source: cure-lab/PnPInversion@f480116 ``evaluation/evaluate.py`` L40-59 and
+``evaluation/matrics_calculator.py`` L275-278, L304-382 (docs/metrics.md#the-metrics):
 
 - both images are read as uint8, scaled to [0, 1] and **multiplied by (1 − mask)** (edited pixels
   become 0 in both), then the metric runs on the **full** image (not a masked mean, which inflates

@@ -1,8 +1,7 @@
 """Structure distance (Splice / PnP; PIE-Bench): ``structure_dist`` and ``structure_dist_pie``.
 
-Source: ``/work/shared/spec/methods.md`` §3.3 "Structure-dist" (``omerbt/Splice`` ``util/losses.py``
-L19-24, L74-83, ``models/extractor.py`` L4-9, L132-163) and conventions.md §1.F (PnPInversion
-``matrics_calculator.py`` L385-405).
+Source: omerbt/Splice@12e0146 ``util/losses.py`` L19-24, L74-83 and ``models/extractor.py`` L4-9,
+L132-163; cure-lab/PnPInversion@f480116 ``evaluation/matrics_calculator.py`` L385-405 (docs/metrics.md#the-metrics).
 
     T      = Resize(224, max_size=480) then Normalize(ImageNet mean, std)     (input CHW float)
     qkv    = output of blocks[-1].attn.qkv  (the LAST block; Splice's layer_num=11 of 12)

@@ -1,5 +1,5 @@
-"""Reference-shaped baselines: each reference implementation's *loop shape*, re-stated from the
-methods spec (§2), run on the same pipeline and inputs as the harness's methods.
+"""Reference-shaped baselines: each reference implementation's *loop shape*, re-stated from
+its section of docs/methods.md, run on the same pipeline and inputs as the harness's methods.
 
 A baseline differs from its method only in how the UNet is called and what is recomputed, never in
 the formulas: step math comes from ``methods.steps`` and the attention edits from the same
