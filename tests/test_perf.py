@@ -189,7 +189,8 @@ def test_a_failing_grid_still_writes_the_method_table(tmp_path):
 
     out = tmp_path / "perf"
     code = run_command(["perf", "--model", "tiny_random", "--methods", "sdedit", "--steps", "4", "--repeats", "1",
-                        "--compare-repeats", "1", "--grid-skip", "0.3,0.36,0.4", "--threads", "1", "--out", str(out)])
+                        "--compare-repeats", "1", "--grid-skip", "0.3,0.36,0.4", "--threads", "1", "--out", str(out),
+                        "--no-throughput"])
     assert code == 1
     assert "Grid failed: ValueError: grid points collide" in (out / "perf.md").read_text()
     assert [r["method"] for r in csv.DictReader((out / "methods.csv").open())] == ["sdedit"]
@@ -210,7 +211,8 @@ def test_perf_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "perf"
     code = run_command(["perf", "--model", "tiny_random", "--methods", "ef_ddpm,ddim_p2p", "null_text_p2p",
                         "--steps", "5", "--inner-steps", "2", "--repeats", "1", "--compare-repeats", "1",
-                        "--grid-skip", "0.2,0.4,0.6", "--grid-cfg", "5", "--threads", "1", "--out", str(out)])
+                        "--grid-skip", "0.2,0.4,0.6", "--grid-cfg", "5", "--threads", "1", "--out", str(out),
+                        "--batch-sizes", "1,2", "--throughput-items", "2"])
     assert code == 0
     markdown = (out / "perf.md").read_text()
     assert "bench perf --model tiny_random" in markdown and "torch threads" in markdown
@@ -229,6 +231,9 @@ def test_perf_command_end_to_end(tmp_path, capsys):
     assert data["machine"]["dtype"] == "float32" and data["machine"]["device"] == "cpu"
     grid = list(csv.DictReader((out / "grid.csv").open()))
     assert len(grid) == 1 and float(grid[0]["speedup"]) > 0
+    assert "## Items per second by item batch size B" in markdown
+    assert [t["label"] for t in data["throughput"]] == ["ef_ddpm", "ddim_p2p", "null_text_p2p"]
+    assert all(set(t["items_per_second"]) == {"1", "2"} and not t["error"] for t in data["throughput"])
 
 
 def test_perf_baselines_in_another_dtype(tmp_path):
@@ -238,7 +243,7 @@ def test_perf_baselines_in_another_dtype(tmp_path):
 
     out = tmp_path / "perf"
     code = run_command(["perf", "--model", "tiny_random", "--methods", "sdedit", "--steps", "4", "--repeats", "1",
-                        "--compare-repeats", "1", "--no-grid", "--dtype", "bfloat16", "--baseline-dtype", "float32",
+                        "--compare-repeats", "1", "--no-grid", "--no-throughput", "--dtype", "bfloat16", "--baseline-dtype", "float32",
                         "--threads", "1", "--out", str(out)])
     assert code == 0
     data = json.loads((out / "perf.json").read_text())

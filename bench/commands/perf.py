@@ -56,6 +56,8 @@ def perf(args) -> int:
         model=args.model, methods=_methods(args.methods), steps=args.steps, inner_steps=args.inner_steps,
         dtype=args.dtype, device=device, compile=args.compile, repeats=args.repeats, item_repeats=args.item_repeats,
         compare_repeats=args.compare_repeats, baselines=not args.no_baselines, grid=not args.no_grid,
+        batch_sizes=() if args.no_throughput else tuple(int(b) for b in args.batch_sizes.split(",")),
+        throughput_items=args.throughput_items,
         grid_method=args.grid_method, grid_skip=_floats(args.grid_skip), grid_cfg=_floats(args.grid_cfg),
         threads=args.threads, baseline_dtype=args.baseline_dtype, deterministic=not args.no_deterministic, seed=args.seed,
         command=command_line(args),
@@ -91,6 +93,10 @@ def register(subparsers) -> None:
                         help="alternated method/baseline runs (min of each)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the reference-shaped baselines")
     parser.add_argument("--no-grid", action="store_true", help="skip the ablation-grid measurement")
+    parser.add_argument("--batch-sizes", default="1,4,16",
+                        help="item batch sizes B of the items/s measurement (runtime.batch_size), comma-separated")
+    parser.add_argument("--throughput-items", type=int, default=16, help="items per items/s measurement")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the items/s measurement")
     parser.add_argument("--grid-method", default="ef_ddpm", help="method config of the grid (T_skip × guidance_scale)")
     parser.add_argument("--grid-skip", default=",".join(str(x) for x in DEFAULT_SKIP_FRACTIONS),
                         help="T_skip values as fractions of T, comma-separated")

@@ -123,7 +123,25 @@ def markdown(report) -> str:
                   f"speedup ×{g['speedup']:.2f} (NFE ratio ×{g['nfe_ratio']:.2f}"
                   + (f"; CPU seconds {g['shared_cpu_s']:.3f} vs {g['independent_cpu_s']:.3f}, ×{g['speedup_cpu']:.2f}"
                      if g.get("speedup_cpu") else "") + ")"]
+    lines += throughput_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def throughput_lines(report) -> list[str]:
+    """The items/s table: one row per method, one column per B, and the speed-up over the smallest B."""
+    results = [t for t in report.throughput if t.items_per_second]
+    if not results:
+        return [f"- {t.label} throughput failed: {t.error}" for t in report.throughput if t.error]
+    sizes = sorted({b for t in results for b in t.items_per_second})
+    lines = ["", f"## Items per second by item batch size B (runtime.batch_size; {results[0].items} items, "
+                 "distinct images, invert + edit through the runner)", "",
+             "| method | " + " | ".join(f"B={b}" for b in sizes) + " | "
+             + " | ".join(f"×B={b}" for b in sizes[1:]) + " |",
+             "|" + "---|" * (1 + 2 * len(sizes) - 1)]
+    for t in results:
+        lines.append(f"| {t.label} | " + " | ".join(_fmt(t.items_per_second.get(b, math.nan)) for b in sizes) + " | "
+                     + " | ".join(f"{t.speedup(b):.2f}" for b in sizes[1:]) + " |")
+    return lines + [f"- {t.label} throughput failed: {t.error}" for t in report.throughput if t.error]
 
 
 def write_report(report, out_dir: str | Path) -> dict[str, Path]:

@@ -39,6 +39,7 @@ from bench.perf.measure import (
     time_call_cpu,
 )
 from bench.perf.setup import load_model, method_labels, method_spec, source_tensor, write_item
+from bench.perf.throughput import DEFAULT_BATCH_SIZES, Throughput, measure_throughput
 
 EQUAL_ATOL = 1e-4  # fp32 outputs of a method and its baseline: max |Δ| ≤ 1e-4 · max(1, max |reference|)
 
@@ -57,6 +58,8 @@ class PerfOptions:
     compare_repeats: int = 2
     baselines: bool = True
     grid: bool = True
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES  # items/s at each B (empty: skip)
+    throughput_items: int = 16
     grid_method: str = "ef_ddpm"
     grid_skip: tuple[float, ...] = DEFAULT_SKIP_FRACTIONS
     grid_cfg: tuple[float, ...] = DEFAULT_CFG_TAR
@@ -102,12 +105,14 @@ class PerfReport:
     machine: dict
     methods: list[MethodResult] = field(default_factory=list)
     grid: GridResult | None = None
+    throughput: list[Throughput] = field(default_factory=list)
     grid_error: str | None = None
     total_seconds: float = 0.0
 
     def failures(self) -> list[str]:
         """Methods that errored, or whose fp32 output differs from the baseline beyond tolerance."""
         bad = [f"{m.label}: {m.error}" for m in self.methods if m.error]
+        bad += [f"{t.label} throughput: {t.error}" for t in self.throughput if t.error]
         if self.grid_error:
             bad.append(f"grid: {self.grid_error}")
         for m in self.methods:
@@ -119,7 +124,8 @@ class PerfReport:
     def as_dict(self) -> dict:
         return {"options": self.options, "machine": self.machine, "total_seconds": self.total_seconds,
                 "methods": [m.as_dict() for m in self.methods],
-                "grid": self.grid.as_dict() if self.grid else None, "grid_error": self.grid_error}
+                "grid": self.grid.as_dict() if self.grid else None, "grid_error": self.grid_error,
+                "throughput": [t.as_dict() for t in self.throughput]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,6 +280,18 @@ def apply_compile(pipe) -> None:
     pipe.unet.forward = torch.compile(pipe.unet.forward)
 
 
+def run_throughput(pipe, spec, work_dir: Path, options: PerfOptions, log) -> Throughput:
+    """items/s at every ``options.batch_sizes`` (an error is reported, the other numbers are kept)."""
+    try:
+        result = measure_throughput(pipe, spec, work_dir, options.batch_sizes, options.throughput_items,
+                                    seed=options.seed)
+    except Exception as err:
+        log(f"[perf] {spec.label} throughput FAILED: {type(err).__name__}: {err}")
+        return Throughput(spec.label, options.throughput_items, {}, f"{type(err).__name__}: {err}")
+    log(f"[perf] {spec.label} items/s: " + ", ".join(f"B={b} {v:.2f}" for b, v in result.items_per_second.items()))
+    return result
+
+
 def run_perf(options: PerfOptions, log=print) -> PerfReport:
     """Run the benchmark; returns the report (nothing written: see ``bench.perf.report``)."""
     from bench.runner import configure_runtime
@@ -312,6 +330,8 @@ def run_perf(options: PerfOptions, log=print) -> PerfReport:
                        if result.baseline else "")
                     + (f", {pairs.NO_REFERENCE_LOOP}" if result.has_reference_loop is False else ""))
             report.methods.append(result)
+            if options.batch_sizes and spec is not None:
+                report.throughput.append(run_throughput(pipe, spec, work_dir, options, log))
         if options.grid:
             log(f"[perf] grid: {options.grid_method} {len(options.grid_skip)}×{len(options.grid_cfg)} ...")
             try:
