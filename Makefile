@@ -30,8 +30,9 @@ run: setup ## the main job: every method x the toy edit suite x every metric (of
 run-tiny: setup ## a 1-minute smoke job, no download: SDEdit on 6 toy-world edits with the committed toy model and metrics
 	$(BENCH) model=toy method=sdedit dataset=toy_shapes metrics=toy limit=6 run_name=tiny $(ARGS)
 
-test: setup ## the test suite, offline (PYTEST_ARGS="..." for more)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+TEST_WORKERS ?= 2
+test: setup ## the test suite, offline, TEST_WORKERS processes (PYTEST_ARGS="..." for more)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-slow: setup ## only the tests marked slow (CLI subprocess runs, long trainings; opt-in)
 	$(PY) -m pytest -q -m "slow and not gpu" $(PYTEST_ARGS)
