@@ -1,7 +1,7 @@
-"""Item batching (``runtime.batch_size``): every method config gives the same images at B = 3 as at B = 1,
+"""Item batching (``runtime.batch_size``): every method config gives the same images at B = 8 as at B = 1,
 up to float rounding, and a re-run at another B recomputes nothing.
 
-Tolerance. At B = 3 every UNet, VAE and text-encoder call carries three items' rows, so its float32
+Tolerance. At B = 8 every UNet, VAE and text-encoder call carries eight items' rows, so its float32
 reductions can be summed in another order than at B = 1: one call agrees to ~1e-6 relative. The tiny
 schedules (2 steps) and guidance amplify that to well under 1e-4 of the image range, far below one 8-bit
 level (1/255 of [0, 1] ≈ 4e-3); the saved PNGs truncate to 8 bits, so a value that lands on a level boundary
@@ -31,10 +31,10 @@ TARGETS = ["a green circle on a blue background", "a yellow circle on a blue bac
 
 @pytest.fixture(scope="module")
 def batch_items(contract_pipe, tmp_path_factory) -> list[EditItem]:
-    """Three items over two images (two edits share the first image's inversion)."""
+    """Eight items over four images (two edits per image share its inversion)."""
     directory = tmp_path_factory.mktemp("batch-items")
     items = []
-    for index, (shift, target) in enumerate([(0, TARGETS[0]), (0, TARGETS[1]), (9, TARGETS[0])]):
+    for index, (shift, target) in enumerate([(shift, target) for shift in (0, 9, 17, 30) for target in TARGETS]):
         path = directory / f"image{shift}.png"
         Image.fromarray(np.roll(source_image_array(contract_pipe.resolution), shift, axis=1)).save(path)
         items.append(EditItem(item_id=f"batch/{index}", image_id=f"image{shift}", image_path=str(path),
@@ -59,16 +59,16 @@ def images(results_dir) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("label", group_options("method"))
 def test_batched_items_equal_single_items(label, contract_pipe, batch_items, tmp_path):
     single = run(contract_pipe, label, batch_items, tmp_path / "b1", batch_size=1)
-    batched = run(contract_pipe, label, batch_items, tmp_path / "b3", batch_size=3)
+    batched = run(contract_pipe, label, batch_items, tmp_path / "b8", batch_size=8)
     assert single.failed == batched.failed, (single.failures, batched.failures)
-    one, three = images(tmp_path / "b1"), images(tmp_path / "b3")
-    assert one.keys() == three.keys() and len(one) == len(batch_items) - single.failed
+    one, eight = images(tmp_path / "b1"), images(tmp_path / "b8")
+    assert one.keys() == eight.keys() and len(one) == len(batch_items) - single.failed
     for item_id, image in one.items():
-        moved = np.abs(image - three[item_id])
+        moved = np.abs(image - eight[item_id])
         assert moved.max() <= 1 and (moved > 0).mean() <= 0.01, f"{label} {item_id}: max {moved.max()}"
     assert batched.inversions_computed == single.inversions_computed  # shared inversions stay shared
 
-    again = run(contract_pipe, label, batch_items, tmp_path / "b1", batch_size=3)  # another B: nothing to do
+    again = run(contract_pipe, label, batch_items, tmp_path / "b1", batch_size=8)  # another B: nothing to do
     assert again.skipped == single.ok and again.nfe == 0 and again.inversions_computed == 0
 
 
