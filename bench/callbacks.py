@@ -38,7 +38,7 @@ def aggregate(results_dir: str | Path, papers: list[str] | None = None, report: 
               sweep_dirs: list[str | Path] = ()) -> dict[str, Any]:
     """Tables, plot and report of one results dir; returns what was written."""
     from bench.plots import write_tradeoff_plot
-    from bench.tables import write_tables
+    from bench.table_files import write_tables
 
     results_dir = Path(results_dir)
     written: dict[str, Any] = {"tables": write_tables(results_dir, papers=papers)}

@@ -21,18 +21,10 @@ import pandas as pd
 
 from bench import table_stats
 from bench.io import atomic_path, write_text
+from bench.paper_tables import applicable_papers, paper_comparison, paper_tables
 from bench.plots import star_meaning
 from bench.report_stats import comparison_section, rank_agreement_html
-from bench.tables import (
-    applicable_papers,
-    default_points,
-    display_cells,
-    load_edits,
-    load_long,
-    paper_comparison,
-    paper_tables,
-    summary_table,
-)
+from bench.tables import default_points, display_cells, load_edits, load_long, summary_table
 
 log = logging.getLogger(__name__)
 

@@ -109,7 +109,7 @@ def run_from_config(cfg: DictConfig) -> JobSummary:
         score_results(results_dir, metrics_cfg, pipe=job.pipe, methods=[job.label])
     write_json(run_dir / "summary.json", {"job": job_info, **summary.as_dict()})
     if cfg.get("tables", True):
-        from bench.tables import write_tables
+        from bench.table_files import write_tables
 
         write_tables(results_dir)
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}

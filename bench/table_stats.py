@@ -139,7 +139,7 @@ def pairwise_matrix(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd
 
 
 def paper_rank_agreement(comparison: pd.DataFrame) -> pd.DataFrame:
-    """Per metric of a ``tables.paper_comparison`` frame: Kendall τ_b and Spearman ρ between the
+    """Per metric of a ``paper_tables.paper_comparison`` frame: Kendall τ_b and Spearman ρ between the
     published values and ours over the paper methods that have both, with exact permutation p-values."""
     rows = []
     for column in comparison.columns:

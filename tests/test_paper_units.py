@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bench.config import config_file, group_options
-from bench.tables import PAPER_DIR, load_paper, paper_comparison
+from bench.paper_tables import PAPER_DIR, load_paper, paper_comparison
 
 # Plausible values of one edit under each unit. CLIP cosines of an image and a caption describing it lie in
 # ~0.15–0.45 for ViT-B/32 and ViT-L/14 (Hessel et al. report CLIP-S ≈ 0.75–0.8 = 2.5·cos on captioning data).

@@ -26,7 +26,8 @@ from bench.edit_job import EditJob
 from bench.io import atomic_path, clean_stale_tmp, tmp_prefix, write_json
 from bench.job_parts import method_from_config
 from bench.runner import run_from_config
-from bench.tables import load_edits, summary_table, to_markdown, write_tables
+from bench.table_files import write_tables
+from bench.tables import load_edits, summary_table, to_markdown
 
 SDEDIT = {"_target_": "methods.sdedit.SDEdit", "num_steps": 2, "scheduler": {"steps_offset": 1}}
 

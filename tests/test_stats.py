@@ -13,7 +13,8 @@ import pytest
 from test_tables import add_edit, add_metric
 
 from bench import stats
-from bench.tables import summary_table, to_markdown, write_tables
+from bench.table_files import write_tables
+from bench.tables import summary_table, to_markdown
 
 Z975 = 1.959963984540054  # Φ⁻¹(0.975)
 PHI_Z975 = math.exp(-Z975**2 / 2) / math.sqrt(2 * math.pi)  # standard normal density at Φ⁻¹(0.975)
@@ -170,8 +171,9 @@ def test_paper_table_carries_rank_agreement(tmp_path):
     assert ranks["Kendall τ"].iloc[0] == pytest.approx(4 / 6) and ranks["Spearman ρ"].iloc[0] == pytest.approx(0.8)
     md = (root / "tables" / "paper_x.md").read_text()
     assert "proxy: the toy world" in md and "p = 0.0833" in md  # labelled, and how little 4 points say
+    from bench.paper_tables import load_paper, paper_comparison
     from bench.report_stats import rank_agreement_html
-    from bench.tables import load_edits, load_paper, paper_comparison
+    from bench.tables import load_edits
 
     edits = load_edits(root)
     html = rank_agreement_html(paper_comparison(root, load_paper(paper_dir / "x.csv"), edits),

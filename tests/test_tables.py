@@ -11,16 +11,9 @@ import pandas as pd
 import pytest
 from conftest import REPO_ROOT, add_edit, add_metric
 
-from bench.tables import (
-    default_points,
-    load_paper,
-    paper_comparison,
-    paper_tables,
-    summary_table,
-    to_latex,
-    to_markdown,
-    write_tables,
-)
+from bench.paper_tables import load_paper, paper_comparison, paper_tables
+from bench.table_files import write_tables
+from bench.tables import default_points, summary_table, to_latex, to_markdown
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 def make_report(args) -> int:
     from bench.report import analysis_sections, build_report
-    from bench.tables import write_tables
+    from bench.table_files import write_tables
 
     results_dir = Path(args.results_dir)
     if not (results_dir / "edits").is_dir() and not analysis_sections(results_dir):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def make_tables(args) -> int:
-    from bench.tables import load_edits, summary_table, to_markdown, write_tables
+    from bench.table_files import write_tables
+    from bench.tables import load_edits, summary_table, to_markdown
 
     results_dir = Path(args.results_dir)
     if not (results_dir / "edits").is_dir():
