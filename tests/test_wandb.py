@@ -5,6 +5,7 @@ the runner calls the hook. No network: offline and disabled modes only."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -86,9 +87,20 @@ def test_offline_run_holds_config_table_images_and_artifact(job, tmp_path):
     assert sorted(r["lpips_alex"] for r in rows) == pytest.approx([0.25, 0.35])
     images = list((files / "media" / "images").glob("*.png"))
     assert len(images) == 2 and all(p.stat().st_size > 0 for p in images)
-    log_bytes = next(run_dir.glob("run-*.wandb")).read_bytes()
+    log_bytes = wandb_log_bytes(run_dir, [b"tables-wb_test", b"eval_results", b"metrics/lpips_alex"])
     assert b"tables-wb_test" in log_bytes and b"eval_results" in log_bytes  # the tables artifact
     assert b"metrics/lpips_alex" in log_bytes  # summary metric
+
+
+def wandb_log_bytes(run_dir, markers: list[bytes], timeout: float = 30.0) -> bytes:
+    """The offline run's transaction log once it holds ``markers``: wandb's service process may still be
+    writing it when ``finish`` has returned (seen on a loaded machine); waits at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log_bytes = next(run_dir.glob("run-*.wandb")).read_bytes()
+        if all(marker in log_bytes for marker in markers) or time.monotonic() > deadline:
+            return log_bytes
+        time.sleep(0.2)
 
 
 def test_disabled_mode_writes_nothing(job, tmp_path):
