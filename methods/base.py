@@ -176,6 +176,12 @@ def stack_tensors(inversions: list[Inversion], name: str) -> torch.Tensor:
     return torch.cat([inversion.tensors[name] for inversion in inversions])
 
 
+def target_rows(latents: torch.Tensor, batch: int) -> torch.Tensor:
+    """Each item's last branch — the target — of item-major edit latents with the same branches per item."""
+    rows = latents.shape[0] // batch
+    return latents[rows - 1::rows]
+
+
 def split_inversions(tensors: dict[str, torch.Tensor], meta: dict[str, Any], batch: int) -> list[Inversion]:
     """B per-item inversions from batched tensors whose first dimension is B·k (item-major)."""
     return [Inversion({name: tensor.chunk(batch)[b].clone() for name, tensor in tensors.items()}, dict(meta))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Inversion, ItemBatchedMethod, check_range, split_inversions, stack_tensors
+from methods.base import Inversion, ItemBatchedMethod, check_range, split_inversions, stack_tensors, target_rows
 from methods.steps import cfg_passes, ddim_inversion_loop, ddim_sampling_loop
 
 
@@ -56,9 +56,7 @@ class DDIM(ItemBatchedMethod):
         return self.edit_latents_batch(pipe, [inversion], [item])
 
     def edit_batch(self, pipe, inversions, items, generators) -> torch.Tensor:
-        latents = self.edit_latents_batch(pipe, inversions, items)
-        rows = latents.shape[0] // len(items)
-        return pipe.decode_latents(latents[rows - 1::rows])  # each item's last branch: the target
+        return pipe.decode_latents(target_rows(self.edit_latents_batch(pipe, inversions, items), len(items)))
 
     def declared_nfe(self, item) -> tuple[int, int]:
         steps = self.num_steps

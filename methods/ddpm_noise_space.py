@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import HyperparameterError, Inversion, ItemBatchedMethod, check_range
+from methods.base import HyperparameterError, Inversion, ItemBatchedMethod, check_range, target_rows
 from methods.p2p import AttentionController, ItemBatchController, attention_control
 from methods.steps import cfg_passes, ef_extract_noise, ef_step, guided_noise, reference_autocast
 
@@ -137,10 +137,9 @@ class DDPMNoiseSpaceMethod(ItemBatchedMethod):
         return self.edit_latents_batch(pipe, [inversion], [item], z_hook)
 
     def edit_batch(self, pipe, inversions, items, generators) -> torch.Tensor:
-        latents = self.edit_latents_batch(pipe, inversions, items)
-        rows = latents.shape[0] // len(items)
+        latents = target_rows(self.edit_latents_batch(pipe, inversions, items), len(items))
         with reference_autocast(pipe):  # EF decodes under autocast("cuda")
-            return pipe.decode_latents(latents[rows - 1::rows])  # each item's last branch: the target
+            return pipe.decode_latents(latents)
 
     def declared_nfe(self, item) -> tuple[int, int]:
         prompts, scales = self.branches(item)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import Inversion, ItemBatchedMethod, check_range, stack_tensors
+from methods.base import Inversion, ItemBatchedMethod, check_range, stack_tensors, target_rows
 from methods.p2p import P2PEditHparams, attention_control
 from methods.steps import cfg_passes, ddim_inversion_loop, ddim_sampling_loop
 
@@ -90,7 +90,7 @@ class InversionP2P(P2PEditHparams, ItemBatchedMethod):
         return self.edit_latents_batch(pipe, [inversion], [item])
 
     def edit_batch(self, pipe, inversions, items, generators) -> torch.Tensor:
-        return pipe.decode_latents(self.edit_latents_batch(pipe, inversions, items)[1::2])  # the target rows
+        return pipe.decode_latents(target_rows(self.edit_latents_batch(pipe, inversions, items), len(items)))
 
     def declared_nfe(self, item) -> tuple[int, int]:
         """(inversion, edit) NFE of one item: N (w = 1 inversion), then N UNet calls of batch 4 (2 at w = 1)."""

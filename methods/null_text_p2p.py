@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from methods.base import Inversion, Method, check_range
+from methods.base import Inversion, Method, check_range, target_rows
 from methods.p2p import ItemBatchController, P2PController, P2PEditHparams, attention_control
 from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_sampling_loop, ddim_step
 
@@ -176,7 +176,7 @@ class NullTextP2P(P2PEditHparams, Method):
         return self.edit_latents_batch(pipe, [inversion], [item])
 
     def edit_batch(self, pipe, inversions, items, generators) -> torch.Tensor:
-        return pipe.decode_latents(self.edit_latents_batch(pipe, inversions, items)[1::2])  # the target rows
+        return pipe.decode_latents(target_rows(self.edit_latents_batch(pipe, inversions, items), len(items)))
 
     def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
         return self.edit_batch(pipe, [inversion], [item], [generator])[0]
