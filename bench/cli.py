@@ -65,7 +65,6 @@ def hydra_main() -> None:
                 return
             from bench.runner import run_from_config
 
-            quiet.silence_progress_bars()
             summary = run_from_config(cfg)  # checks everything the job needs first (bench/preflight.py)
         print_job_end(cfg, summary, single=str(hydra_cfg.mode) == "RunMode.RUN")
 

@@ -21,7 +21,7 @@ import logging
 import resource
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from bench.hashing import derive_seed
 from bench.images import psnr, to_pil
 from bench.io import atomic_path, clean_stale_tmp, write_json
 from bench.job_checks import load_checked_inversion, prompt_warnings, tensors_sha256
+from bench.job_summary import JobSummary
 from bench.keys import early_failure_key, edit_key, inversion_key
 from bench.models import EditPipeline, scheduler_record
 from methods.base import Inversion, Method
@@ -46,23 +47,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteOutputError(RuntimeError):
     """A method produced NaN/inf (e.g. fp16 overflow)."""
-
-
-@dataclass
-class JobSummary:
-    ok: int = 0
-    skipped: int = 0
-    failed: int = 0
-    inversions_computed: int = 0
-    inversions_loaded: int = 0
-    nfe: int = 0
-    nfe_backward: int = 0
-    seconds: float = 0.0
-    failures: list[dict[str, str]] = field(default_factory=list)
-    error: dict[str, str] | None = None  # a job that could not start (configuration error)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass

@@ -4,19 +4,22 @@ dataset (and its shard). Shared by the runner, the preflight, the analyses and t
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from bench.config import instantiate
 from bench.data.base import Dataset
 from bench.data.item import EditItem
-from bench.job_checks import check_hparam_types
-from methods.base import Method
+
+if TYPE_CHECKING:  # methods import torch; the preflight builds the dataset from here without them
+    from methods.base import Method
 
 
 def method_from_config(method_cfg: DictConfig | dict) -> tuple[Method, dict[str, Any]]:
     """Instantiate the method (its config minus the scheduler) → (method, scheduler config)."""
+    from bench.job_checks import check_hparam_types
+
     plain = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
     scheduler_cfg = plain.pop("scheduler", None)
     if scheduler_cfg is None:

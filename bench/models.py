@@ -20,17 +20,15 @@ from typing import Any, Callable
 
 import torch
 
+from bench.errors import ModelNotFoundError
 from bench.fingerprint import fingerprint_dir
+from bench.weight_locations import hf_cache_dir
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 REFERENCE_DTYPE = "reference"
-
-
-class ModelNotFoundError(RuntimeError):
-    """Weights could not be resolved offline; the message says where we looked and how to pre-fetch."""
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -226,12 +224,6 @@ class EditPipeline:
 
 # ----------------------------------------------------------------------------------------------
 # loading
-
-
-def hf_cache_dir() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
 
 
 def _missing_weights(model_id: str, revision: str | None, prefetch: str, err: Exception) -> ModelNotFoundError:

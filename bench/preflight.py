@@ -8,7 +8,11 @@ library is imported, unless the user set them or opted in with ``online=true`` o
 ``check(cfg)`` resolves, without the network and without loading a network, every piece a job needs:
 the diffusion model, its image encoder (methods that use one), every metric backbone and the
 dataset's files, and raises one ``PreflightError`` that lists all missing pieces and one command that
-fetches them all.
+fetches them all. It imports no torch, diffusers, transformers, open_clip or timm (the method's and the
+metrics' needs are read from their configs and sources: bench/static_classes.py, bench/metric_needs.py,
+where weights live: bench/weight_locations.py), so a job that cannot start fails in about a second;
+``runner.run_from_config`` runs it before anything heavy is imported. The dataset's items it lists are
+the job's items (``DatasetListing``): the dataset is read once.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from bench.models import ModelNotFoundError
+from bench.errors import ModelNotFoundError
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 ONLINE_ENV = "EDITBENCH_ONLINE"
@@ -73,7 +77,7 @@ def _backbone_need(backbone, metric_id: str) -> Need:
 def _hub_need(repo: str, revision: str | None, patterns: list[str] | None, needed_by: str) -> Need:
     from huggingface_hub import snapshot_download
 
-    from bench.models import hf_cache_dir
+    from bench.weight_locations import hf_cache_dir
 
     local = Path(repo).is_absolute() or repo.startswith((".", "~"))
 
@@ -110,14 +114,16 @@ def model_needs(model_cfg: dict[str, Any], image_encoder: bool = True) -> list[N
 
 def metric_needs(metrics_cfg: Any) -> list[Need]:
     """Every metric backbone of the metric set, once each (metrics that share a network share it)."""
-    from bench.metrics.registry import build_metrics
+    from bench.metric_needs import entry_backbones
+    from bench.metrics.registry import metric_entries
 
     needs, seen = [], set()
-    for metric in build_metrics(metrics_cfg):
-        for backbone in metric.backbones():
+    for entry in metric_entries(metrics_cfg):
+        metric_id, backbones = entry_backbones(entry)
+        for backbone in backbones:
             if backbone.key() not in seen:
                 seen.add(backbone.key())
-                needs.append(_backbone_need(backbone, metric.id))
+                needs.append(_backbone_need(backbone, metric_id))
     return needs
 
 
@@ -132,19 +138,39 @@ def is_missing(need: Need) -> tuple[bool, str | None]:
     return (False, path) if path else (True, None)
 
 
-def dataset_problem(dataset_cfg: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(why the dataset's items cannot be listed, the `bench data fetch` name when a manifest exists)."""
+@dataclass
+class DatasetListing:
+    """The job's dataset, its shard, and every item of the dataset (read once, by the preflight)."""
+
+    dataset: Any
+    shard: int
+    num_shards: int
+    items: list
+
+
+def list_dataset(dataset_cfg: dict[str, Any]) -> tuple[DatasetListing | None, str | None, str | None]:
+    """(the listing, or why the dataset's items cannot be listed, the `bench data fetch` name when a
+    manifest exists)."""
     from bench.data.item import ItemError
     from bench.data.manifest import ManifestError, repo_root
     from bench.job_parts import dataset_from_config
 
-    dataset, _, _ = dataset_from_config(dataset_cfg)
+    dataset, shard, num_shards = dataset_from_config(dataset_cfg)
     try:
-        dataset.items()
+        items = dataset.items()
     except (ItemError, ManifestError, FileNotFoundError) as err:
         fetchable = (repo_root() / "datasets" / str(dataset.name) / "manifest.yaml").is_file()
-        return str(err), str(dataset.name) if fetchable else None
-    return None, None
+        return None, str(err), str(dataset.name) if fetchable else None
+    return DatasetListing(dataset, shard, num_shards, items), None, None
+
+
+def uses_image_encoder(method_cfg: dict[str, Any]) -> bool:
+    """The method class's ``uses_image_encoder``, read from its source (its module imports torch)."""
+    from bench.config import check_dotted_path
+    from bench.static_classes import class_constant
+
+    return bool(class_constant(check_dotted_path(method_cfg.get("_target_"), "method._target_"),
+                               "uses_image_encoder"))
 
 
 def fetch_command(model: str | None, metrics: str | None, datasets: list[str]) -> str:
@@ -154,17 +180,16 @@ def fetch_command(model: str | None, metrics: str | None, datasets: list[str]) -
     return " ".join(p for p in parts if p)
 
 
-def check(cfg: Any, choices: dict[str, str], image_encoder: bool = True) -> None:
-    """Raise ``PreflightError`` listing every missing piece of the job ``cfg`` (a composed config).
-
-    ``choices`` are the job's config group choices (``model``, ``metrics``), used to write the command;
-    ``image_encoder``: whether the job's method uses the model's image encoder."""
+def check(cfg: Any, choices: dict[str, str]) -> DatasetListing:
+    """The job's dataset listing, or ``PreflightError`` listing every missing piece of the job ``cfg``
+    (a composed config). ``choices`` are the job's config group choices (``model``, ``metrics``), used
+    to write the command."""
     from omegaconf import OmegaConf
 
     plain = {part: OmegaConf.to_container(cfg[part], resolve=True)  # the job's parts only (not hydra's node)
-             for part in ("model", "metrics", "dataset", "paths")}
+             for part in ("model", "method", "metrics", "dataset", "paths")}
     lines, fetch_model, fetch_metrics = [], False, False
-    for need in model_needs(plain["model"], image_encoder=image_encoder):
+    for need in model_needs(plain["model"], image_encoder=uses_image_encoder(plain["method"])):
         missing, _ = is_missing(need)
         if missing:
             fetch_model = fetch_model or need.fetchable
@@ -176,11 +201,11 @@ def check(cfg: Any, choices: dict[str, str], image_encoder: bool = True) -> None
                 fetch_metrics = fetch_metrics or why is None
                 detail = why or "searched: " + "; ".join(need.searched)
                 lines.append(f"- {need.what} [{need.needed_by}]; {detail}")
-    problem, data_name = dataset_problem(plain["dataset"])
+    listing, problem, data_name = list_dataset(plain["dataset"])
     if problem:
         lines.append(f"- dataset files [dataset {data_name or plain['dataset'].get('_target_')}]: {problem}")
     if not lines:
-        return
+        return listing
     command = fetch_command(choices.get("model") if fetch_model else None,
                             choices.get("metrics") if fetch_metrics else None,
                             [data_name] if data_name else [])

@@ -252,12 +252,12 @@ def test_hyperparameter_types_are_checked():
 
 
 def test_unwritable_results_dir_fails_before_the_model_loads(tmp_path, monkeypatch):
-    import bench.runner
+    import bench.job_setup
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(bench.runner, "load_pipeline", no_model)
+    monkeypatch.setattr(bench.job_setup, "load_pipeline", no_model)
     (tmp_path / "file").write_text("")
     data = write_yaml_dataset((tmp_path / "data").mkdir() or tmp_path / "data", n_images=1)
     cfg = compose_config(FAST + dataset_overrides(data), tmp_path / "file" / "results")

@@ -27,8 +27,8 @@ def run_analysis(cfg: DictConfig):
     """Run the analysis of a composed experiment config; returns what its ``run`` returns."""
     from bench.analyses.context import AnalysisContext
     from bench.config import instantiate
+    from bench.job_setup import configure_runtime
     from bench.report import build_report
-    from bench.runner import configure_runtime
 
     configure_runtime(cfg.runtime)
     spec = OmegaConf.to_container(cfg.analysis, resolve=True)

@@ -13,10 +13,12 @@ it). ``build_metrics`` accepts that mapping, or a list of ``_target_`` configs /
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from bench.config import ConfigError, instantiate, to_plain
-from bench.metrics.base import Metric
+
+if TYPE_CHECKING:  # metric classes import torch; reading a metric set's entries does not
+    from bench.metrics.base import Metric
 
 
 def metric_entries(metric_cfgs: Any) -> list[Any]:
@@ -44,6 +46,8 @@ def metric_entries(metric_cfgs: Any) -> list[Any]:
 
 
 def build_metric(entry: Any) -> Metric:
+    from bench.metrics.base import Metric
+
     if isinstance(entry, Metric):
         return entry
     if not isinstance(entry, dict):

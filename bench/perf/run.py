@@ -294,7 +294,7 @@ def run_throughput(pipe, spec, work_dir: Path, options: PerfOptions, log) -> Thr
 
 def run_perf(options: PerfOptions, log=print) -> PerfReport:
     """Run the benchmark; returns the report (nothing written: see ``bench.perf.report``)."""
-    from bench.runner import configure_runtime
+    from bench.job_setup import configure_runtime
 
     start = time.perf_counter()
     configure_runtime({"num_threads": options.threads, "deterministic": options.deterministic})

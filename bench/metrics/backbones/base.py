@@ -7,11 +7,12 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
+from bench.errors import ModelNotFoundError
 
-from bench.models import ModelNotFoundError
+if TYPE_CHECKING:  # torch is imported where networks are loaded, not where weights are looked for
+    import torch
 
 FETCH_HINT = "bench weights fetch --metrics {metric_set}"
 FORWARD_CALLS: Counter = Counter()  # process-wide forward passes per backbone identity (tests read it)
@@ -31,6 +32,8 @@ def downloads_allowed() -> bool:
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors (safetensors) or .pth/.pt/.bin (``torch.load(weights_only=True)``)."""
+    import torch
+
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -97,6 +100,8 @@ class Backbone:
 
     def watched_modules(self, loaded: Any) -> list[torch.nn.Module]:
         """The modules whose forward passes are counted (one count per batch forward)."""
+        import torch
+
         return [loaded] if isinstance(loaded, torch.nn.Module) else []
 
     # ------------------------------------------------------------------------------------------
@@ -137,6 +142,8 @@ class BackboneStore:
     """Loads each backbone once (per store) and counts forward passes of what it loaded."""
 
     def __init__(self, device: torch.device | str = "cpu", allow_download: bool | None = None):
+        import torch
+
         self.device = torch.device(device)
         self.allow_download = allow_download
         self._loaded: dict[tuple, tuple[Resolved, Any, list]] = {}

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bench.fingerprint import file_fingerprint, fingerprint_dir
 from bench.metrics.backbones.base import Backbone, Resolved, WeightsNotFoundError, explicit_path, hf_cached_file
-from bench.models import hf_cache_dir
+from bench.weight_locations import hf_cache_dir, open_clip_sources
+
+if TYPE_CHECKING:
+    import torch
+
+
+# open_clip.constants.HF_WEIGHTS_NAME / HF_SAFE_WEIGHTS_NAME (tests/test_weight_locations.py checks them)
+OPEN_CLIP_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
+OPEN_CLIP_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
 
 
 class OpenClipBackbone(Backbone):
@@ -30,13 +36,18 @@ class OpenClipBackbone(Backbone):
     def describe(self) -> str:
         return f"open_clip {self.model!r} ({'checkpoint ' + str(self.checkpoint) if self.checkpoint else 'pretrained=' + repr(self.pretrained)})"
 
+    def _config_file(self):
+        """The configured model config JSON (None when none is configured); it must exist."""
+        path = explicit_path(self.model_config)
+        if path is not None and not path.is_file():
+            raise WeightsNotFoundError(f"open_clip model config JSON for {self.model!r} not found: {path}")
+        return path
+
     def _register_config(self) -> None:
-        if self.model_config:
+        path = self._config_file()
+        if path is not None:
             import open_clip
 
-            path = explicit_path(self.model_config)
-            if not path.is_file():
-                raise WeightsNotFoundError(f"open_clip model config JSON for {self.model!r} not found: {path}")
             open_clip.add_model_config(path)
 
     def _pretrained_cfg(self) -> dict[str, Any]:
@@ -52,14 +63,12 @@ class OpenClipBackbone(Backbone):
 
     def _cache_candidates(self) -> list[tuple[str, str, list[str]]]:
         """[("hf", repo_id, filenames) | ("url", folder, [filename])] where open_clip keeps this tag."""
-        from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-        cfg = self._pretrained_cfg()
+        cfg = open_clip_sources(self.model, self.pretrained, self._pretrained_cfg)
         out = []
         if cfg.get("hf_hub"):
             repo_id, filename = os.path.split(cfg["hf_hub"])
-            filename = filename or HF_WEIGHTS_NAME
-            names = ([HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else
+            filename = filename or OPEN_CLIP_WEIGHTS_NAME
+            names = ([OPEN_CLIP_SAFE_WEIGHTS_NAME] if filename == OPEN_CLIP_WEIGHTS_NAME else
                      [filename[:-4] + ".safetensors"] if filename.endswith((".bin", ".pth")) else []) + [filename]
             out.append(("hf", repo_id, names))
         if cfg.get("url"):
@@ -78,7 +87,7 @@ class OpenClipBackbone(Backbone):
                 else f"open_clip URL cache {where}/{names[0]}" for kind, where, names in candidates]
 
     def find(self) -> Resolved | None:
-        self._register_config()
+        self._config_file()
         if self.checkpoint:
             path = explicit_path(self.checkpoint)
             if not path.is_file():
@@ -122,6 +131,8 @@ class OpenClipBackbone(Backbone):
         return model.eval().requires_grad_(False), preprocess, tokenizer
 
     def watched_modules(self, loaded) -> list[torch.nn.Module]:
+        import torch
+
         model = loaded[0]
         return [m for m in (getattr(model, "visual", None), getattr(model, "transformer", None),
                             getattr(model, "text", None)) if isinstance(m, torch.nn.Module)]

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from bench.fingerprint import file_fingerprint
 from bench.metrics.backbones.base import Backbone, Resolved, explicit_path, load_state_dict_file
+from bench.weight_locations import torch_hub_dir, torchvision_url
+
+if TYPE_CHECKING:
+    import torch
 
 _TV_WEIGHTS = {"alex": ("AlexNet_Weights", "IMAGENET1K_V1"), "vgg": ("VGG16_Weights", "IMAGENET1K_V1"),
                "squeeze": ("SqueezeNet1_1_Weights", "IMAGENET1K_V1")}
 
 
 def _torchvision_url(net: str) -> str:
-    import torchvision
-
-    enum_name, member = _TV_WEIGHTS[net]
-    return getattr(getattr(torchvision.models, enum_name), member).url
+    return torchvision_url(*_TV_WEIGHTS[net])
 
 
 def load_backbone_into_slices(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -66,7 +66,7 @@ class LpipsBackbone(Backbone):
         return f"LPIPS-{self.net} ({self.flavor}; torchvision {_TV_WEIGHTS[self.net][0]}.IMAGENET1K_V1 backbone)"
 
     def _cache_file(self) -> Path:
-        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_torchvision_url(self.net))
+        return Path(torch_hub_dir()) / "checkpoints" / os.path.basename(_torchvision_url(self.net))
 
     def searched(self) -> list[str]:
         if self.path:
@@ -85,6 +85,8 @@ class LpipsBackbone(Backbone):
         return None
 
     def download(self) -> Resolved:
+        import torch
+
         torch.hub.load_state_dict_from_url(_torchvision_url(self.net), map_location="cpu", check_hash=True,
                                            weights_only=True)
         return Resolved(str(self._cache_file()), "download", f"{self.flavor}:{self.net}:torchvision-IMAGENET1K_V1")

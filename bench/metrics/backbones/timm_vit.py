@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bench.fingerprint import file_fingerprint
 from bench.metrics.backbones.base import Backbone, Resolved, WeightsNotFoundError, explicit_path, hf_cached_file
-from bench.models import hf_cache_dir
+from bench.weight_locations import hf_cache_dir, timm_hub_id
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TimmVitBackbone(Backbone):
@@ -41,10 +42,7 @@ class TimmVitBackbone(Backbone):
         return f"timm {self.model!r}" + (f" (checkpoint {self.checkpoint})" if self.checkpoint else "")
 
     def _hub_id(self) -> str | None:
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(self.model)
-        return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        return timm_hub_id(self.model)
 
     _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
