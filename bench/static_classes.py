@@ -113,4 +113,10 @@ def class_constant(target: str, attribute: str) -> Any:
             raise _Unsettled(target)
         return nearest[0]
     except (_Unsettled, SyntaxError, StopIteration, OSError):
-        return getattr(getattr(importlib.import_module(module), name), attribute)
+        return imported_constant(target, attribute)
+
+
+def imported_constant(target: str, attribute: str) -> Any:
+    """The attribute read the ordinary way: importing the class's module."""
+    module, _, name = target.rpartition(".")
+    return getattr(getattr(importlib.import_module(module), name), attribute)

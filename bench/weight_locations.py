@@ -41,10 +41,14 @@ def hf_cache_dir() -> str:
 
 
 def torch_hub_dir() -> str:
-    """``torch.hub.get_dir()``: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub, else ~/.cache/torch/hub.
-    Once torch is imported its own answer is used (it may have been moved with ``torch.hub.set_dir``)."""
+    """``torch.hub.get_dir()``; once torch is imported its own answer (``torch.hub.set_dir`` may have moved it)."""
     if "torch" in sys.modules:
         return sys.modules["torch"].hub.get_dir()
+    return default_torch_hub_dir()
+
+
+def default_torch_hub_dir() -> str:
+    """torch's default hub dir: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub, else ~/.cache/torch/hub."""
     home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
     return os.path.join(os.path.expanduser(home), "hub")
 

@@ -30,6 +30,9 @@ def _child(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedPr
     return run, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+HEAVY_MODULES = ("torch", "torchvision", "diffusers", "transformers", "open_clip", "timm", "lpips", "methods.base")
+
+
 def test_job_missing_weights_and_data_fails_fast_listing_everything(tmp_path):
     # no offline variables (the CLI must set them itself), empty caches, and a hub endpoint that cannot
     # answer: the old behaviour spent minutes in huggingface_hub retries against it
@@ -37,10 +40,11 @@ def test_job_missing_weights_and_data_fails_fast_listing_everything(tmp_path):
     env.update(HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"), HF_ENDPOINT="http://127.0.0.1:9",
                EDITBENCH_CACHE=str(tmp_path / "cache"), EDITBENCH_SHARED_DATA=str(tmp_path / "shared"),
                EDITBENCH_RESULTS=str(tmp_path / "results"), XDG_CACHE_HOME=str(tmp_path / "xdg"))
-    run, wall, cpu = _child(["-m", "bench.cli", "model=sd14", "method=stylediffusion_p2plus", "dataset=ef_examples",
-                             "metrics=default"], env)
+    run, wall, cpu = _child(["-X", "importtime", "-m", "bench.cli", "model=sd14", "method=stylediffusion_p2plus",
+                             "dataset=ef_examples", "metrics=default"], env)
     assert run.returncode == 2, run.stderr[-3000:]
-    err = run.stderr
+    imported = {line.rpartition("|")[2].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    err = "\n".join(line for line in run.stderr.splitlines() if not line.startswith("import time:"))
     for piece in ("CompVis/stable-diffusion-v1-4", "openai/clip-vit-base-patch16",  # model + image encoder
                   "LPIPS-alex", "LPIPS-vgg", "open_clip 'ViT-L-14'", "open_clip 'ViT-B-32'",
                   "timm 'vit_base_patch8_224.dino'", "dataset ef_examples"):
@@ -50,12 +54,95 @@ def test_job_missing_weights_and_data_fails_fast_listing_everything(tmp_path):
     assert commands == ["bench weights fetch --model sd14 --metrics default --data ef_examples"], err
     assert "Retrying" not in err and "thrown while requesting" not in err  # never reached for the hub
     assert not list((tmp_path / "results").rglob("edits"))  # nothing was started
-    # The issue's bound is 5 s. CPU time, not wall time, is measured (wall time on a shared machine
-    # measures the other processes), against the one part no preflight can skip: importing the libraries
-    # that say where backbone weights live (torchvision, open_clip, timm), measured here on this machine.
-    _, _, imports = _child(["-c", "import torch, torchvision, open_clip, timm, hydra"], env)
-    print(f"preflight failure: {cpu:.2f} s CPU, {wall:.2f} s wall; library imports alone: {imports:.2f} s CPU")
-    assert cpu < imports + 2.0, (cpu, wall, imports)
+    # The issue's bound is 5 s. What takes seconds is importing torch and the libraries (4-7 s of CPU on
+    # a 2-core machine); the failing path imports none of them, which holds at any load. Its CPU time
+    # (about 1 s here) is held to the bound; the wall time only to a loose one (it measures the other
+    # processes too), which a hub retry loop would still exceed.
+    assert imported and not imported & set(HEAVY_MODULES), sorted(imported & set(HEAVY_MODULES))
+    print(f"preflight failure: {cpu:.2f} s CPU, {wall:.2f} s wall")
+    assert cpu < 5.0 and wall < 60.0, (cpu, wall)
+
+
+def _refuse_import(target, attribute):
+    raise AssertionError(f"{target}.{attribute} was imported, not read from the source")
+
+
+def test_method_needs_are_read_without_importing_the_method():
+    """``uses_image_encoder`` of every method config, from the sources, equals the class attribute."""
+    import importlib
+
+    import bench.static_classes
+    from bench.preflight import uses_image_encoder
+
+    configs = {name: _method_cfg(name) for name in group_options("method")}
+    with pytest.MonkeyPatch.context() as patch:  # the source must settle it: importing is refused
+        patch.setattr(bench.static_classes, "imported_constant", _refuse_import)
+        from_source = {name: uses_image_encoder(cfg) for name, cfg in configs.items()}
+    for name, cfg in configs.items():
+        module, _, cls = cfg["_target_"].rpartition(".")
+        assert from_source[name] is getattr(importlib.import_module(module), cls).uses_image_encoder, name
+    assert from_source["stylediffusion_p2plus"] and not from_source["null_text_p2p"]  # its base class
+
+
+def test_static_class_constant_follows_the_mro(tmp_path, monkeypatch):
+    from bench import static_classes
+
+    package = tmp_path / "bench" / "zz_mro"
+    package.mkdir(parents=True)
+    (package / "a.py").write_text("class A:\n    flag = 'a'\n\nclass B(A):\n    pass\n\n"
+                                  "class C(A):\n    flag: str = 'c'\n")
+    (package / "b.py").write_text("from bench.zz_mro.a import B, C\nimport os\n\nclass D(B, C):\n    pass\n\n"
+                                  "class E(D):\n    flag = os.sep\n")
+    monkeypatch.setattr(static_classes, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(static_classes, "imported_constant", _refuse_import)
+    assert static_classes.class_constant("bench.zz_mro.a.B", "flag") == "a"
+    assert static_classes.class_constant("bench.zz_mro.b.D", "flag") == "c"  # C precedes A in D's MRO
+    with pytest.raises(AssertionError, match="imported"):  # a computed value: only importing tells
+        static_classes.class_constant("bench.zz_mro.b.E", "flag")
+
+
+def _metric_entries() -> list[tuple[str, dict]]:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from bench.metrics.registry import metric_entries
+
+    entries = []
+    for name in group_options("metrics"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            metrics = OmegaConf.to_container(compose("config", overrides=[f"metrics={name}"]).metrics, resolve=True)
+        entries += [(f"{name}.{entry['id']}", entry) for entry in metric_entries(metrics)]
+    return entries
+
+
+def test_declared_metric_backbones_are_the_metrics_own():
+    from bench.metric_needs import DECLARED, entry_backbones
+    from bench.metrics.registry import build_metric
+
+    entries = _metric_entries()
+    assert {entry["_target_"] for _, entry in entries} <= set(DECLARED)  # every shipped set is read lightly
+    defaults = [(target, {"_target_": target}) for target in DECLARED]  # the classes' own default arguments
+    for where, entry in entries + defaults:
+        metric = build_metric(entry)
+        metric_id, backbones = entry_backbones(entry)
+        assert metric_id == metric.id, where
+        assert [(b.key(), b.describe()) for b in backbones] == [(b.key(), b.describe()) for b in metric.backbones()], where
+
+
+def test_dataset_is_listed_once_per_job(tmp_path, monkeypatch):
+    from conftest import compose_config, dataset_overrides, write_yaml_dataset
+
+    from bench.data.ef_yaml import EFExamples
+    from bench.runner import run_from_config
+
+    listed = []
+    original = EFExamples.items
+    monkeypatch.setattr(EFExamples, "items", lambda self: listed.append(1) or original(self))
+    data = write_yaml_dataset((tmp_path / "data").mkdir() or tmp_path / "data", n_images=2)
+    cfg = compose_config(["model=tiny_random", "method=sdedit", "method.num_steps=2", "limit=1",
+                          *dataset_overrides(data)], tmp_path / "results")
+    summary = run_from_config(cfg)
+    assert (summary.ok, summary.failed, len(listed)) == (1, 0, 1)
 
 
 def test_online_opt_in_keeps_the_hub_reachable(monkeypatch):

@@ -84,7 +84,9 @@ def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_cli_errors_name_the_culprit(tmp_path):
-    bad_value = run_cli(FAST + [f"paths.results_dir={tmp_path}", "method.strength=1.5"])
+    data = write_yaml_dataset((tmp_path / "data").mkdir() or tmp_path / "data", n_images=1)
+    # (the preflight of weights and data runs first, before the method is imported: give it its data)
+    bad_value = run_cli(FAST + dataset_overrides(data) + [f"paths.results_dir={tmp_path}", "method.strength=1.5"])
     assert bad_value.returncode != 0 and "SDEdit.strength=1.5" in bad_value.stderr
     unknown = run_cli([f"paths.results_dir={tmp_path}", "method=no_such_method"])
     assert unknown.returncode != 0 and "no_such_method" in unknown.stderr and "sdedit" in unknown.stderr
