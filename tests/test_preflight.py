@@ -129,6 +129,15 @@ def test_declared_metric_backbones_are_the_metrics_own():
         assert [(b.key(), b.describe()) for b in backbones] == [(b.key(), b.describe()) for b in metric.backbones()], where
 
 
+def test_an_undeclared_metric_is_built_and_asked(monkeypatch):
+    from bench import metric_needs
+
+    entry = {"_target_": "bench.metrics.clipscore_hessel.ClipScoreHessel", "id": "mine"}
+    monkeypatch.delitem(metric_needs.DECLARED, entry["_target_"])
+    metric_id, [backbone] = metric_needs.entry_backbones(entry)
+    assert metric_id == "mine" and backbone.describe() == "open_clip 'ViT-B-32' (pretrained='openai')"
+
+
 def test_dataset_is_listed_once_per_job(tmp_path, monkeypatch):
     from conftest import compose_config, dataset_overrides, write_yaml_dataset
 
@@ -143,6 +152,24 @@ def test_dataset_is_listed_once_per_job(tmp_path, monkeypatch):
                           *dataset_overrides(data)], tmp_path / "results")
     summary = run_from_config(cfg)
     assert (summary.ok, summary.failed, len(listed)) == (1, 0, 1)
+
+
+def test_a_sweep_point_missing_its_data_fails_alone(tmp_path, monkeypatch):
+    import json
+
+    from conftest import compose_config
+
+    import bench.runner
+
+    monkeypatch.setattr(bench.runner, "_in_multirun", lambda: True)  # as inside `bench -m`: return, do not raise
+    cfg = compose_config(["model=tiny_random", "method=sdedit", "dataset=ef_examples", "metrics=none",
+                          f"paths.data_dir={tmp_path / 'nothing'}", f"paths.shared_data_dir={tmp_path / 'nothing'}"],
+                         tmp_path / "results")
+    summary = bench.runner.run_from_config(cfg)
+    assert summary.error["type"] == "PreflightError" and "bench weights fetch --metrics none --data ef_examples" \
+        in summary.error["message"]
+    [written] = (tmp_path / "results" / "runs").glob("*/summary.json")
+    assert json.loads(written.read_text())["error"] == summary.error
 
 
 def test_online_opt_in_keeps_the_hub_reachable(monkeypatch):
