@@ -166,11 +166,14 @@ def list_dataset(dataset_cfg: dict[str, Any]) -> tuple[DatasetListing | None, st
 
 def uses_image_encoder(method_cfg: dict[str, Any]) -> bool:
     """The method class's ``uses_image_encoder``, read from its source (its module imports torch)."""
-    from bench.config import check_dotted_path
+    from bench.config import ConfigError, check_dotted_path
     from bench.static_classes import class_constant
 
-    return bool(class_constant(check_dotted_path(method_cfg.get("_target_"), "method._target_"),
-                               "uses_image_encoder"))
+    target = check_dotted_path(method_cfg.get("_target_"), "method._target_")
+    try:
+        return bool(class_constant(target, "uses_image_encoder"))
+    except (ImportError, AttributeError) as err:  # read from source when it can be, else imported
+        raise ConfigError(f"method._target_={target!r} cannot be imported: {type(err).__name__}: {err}") from err
 
 
 def fetch_command(model: str | None, metrics: str | None, datasets: list[str]) -> str:

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from bench.config import CONF_DIR, group_options
+from bench.config import CONF_DIR, ConfigError, group_options
 from bench.overrides import SHARED_NAMES
 
 REPO_ROOT = CONF_DIR.parent
@@ -82,6 +82,9 @@ def test_method_needs_are_read_without_importing_the_method():
         module, _, cls = cfg["_target_"].rpartition(".")
         assert from_source[name] is getattr(importlib.import_module(module), cls).uses_image_encoder, name
     assert from_source["stylediffusion_p2plus"] and not from_source["null_text_p2p"]  # its base class
+    for target in ("methods.no_such_module.X", "methods.sdedit.NoSuchClass"):
+        with pytest.raises(ConfigError, match=re.escape(f"method._target_={target!r} cannot be imported")):
+            uses_image_encoder({"_target_": target})
 
 
 def test_static_class_constant_follows_the_mro(tmp_path, monkeypatch):
