@@ -94,7 +94,7 @@ def test_a_claim_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
 
 
 def test_a_claim_not_refreshed_for_the_stale_limit_is_taken_over(tmp_path, live_pid):
-    claims, work = ClaimDir(tmp_path, stale_seconds=60), Work(tmp_path)
+    claims = ClaimDir(tmp_path, stale_seconds=60)
     foreign = {"host": "another-host", "pid": live_pid, "token": "far"}
     write_claim(claims, "old", foreign, age=61)
     write_claim(claims, "unnamed", {}, age=61)  # created, never written, long ago

@@ -16,6 +16,10 @@ Source: sen-mao/StyleDiffusion@07b388a ``eval_metrics/storemask.py`` L15-22, L11
 5. fg = uint8(255·map / max(map)) (truncation), as a 3-channel image resized to 256² with PIL's
    default ``resize`` filter (bicubic); bg = 255 − fg is the saved mask PNG.
 6. The metric reads it back: ``Resize((256, 256))`` + ``ToTensor`` + torchvision ``Grayscale``.
+
+Not the reference's: ``MaskCache.ensure`` inverts up to B sources per UNet call (one ``AttentionStore``
+branch per source, the head quirk per source) and shares the work with concurrent jobs through claim
+files (``bench.claims``); masks equal the batch-1 ones up to float rounding (docs/metrics.md).
 """
 
 from __future__ import annotations
