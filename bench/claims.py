@@ -139,7 +139,7 @@ def compute_claimed(claims: ClaimDir, keys: Sequence[str], done: Callable[[str],
     if chunk < 1:
         raise ValueError(f"compute_claimed: chunk={chunk}, expected at least 1")
     remaining = [key for key in dict.fromkeys(keys) if not done(key)]
-    computed = 0
+    computed, waited = 0, False
     while remaining:
         mine: list[str] = []
         for key in remaining:
@@ -159,6 +159,9 @@ def compute_claimed(claims: ClaimDir, keys: Sequence[str], done: Callable[[str],
                                    f"e.g. {unfinished[0]!r} in {claims.directory}")
             computed += len(mine)
         else:  # every remaining key is held by a live process
+            if not waited:
+                log.info("waiting for %d key(s) claimed by other processes in %s", len(remaining), claims.directory)
+                waited = True
             time.sleep(poll_seconds)
         remaining = [key for key in remaining if not done(key)]
     return computed
