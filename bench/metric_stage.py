@@ -23,7 +23,7 @@ import time
 from collections import Counter, OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -190,6 +190,8 @@ def score_results(results_dir: str | Path, metric_cfgs: Any, pipe_loader: Callab
         counts = per_metric.setdefault(metric.id, Counter())
         try:
             pending = _pending(metric, ok, inputs, results_dir, counts)
+            if pending:  # e.g. NS-LPIPS computes all pending masks in batched, job-shared calls
+                metric.prepare(_prepared_inputs(pending, inputs))
             for chunk_start in range(0, len(pending), batch_size):
                 chunk = pending[chunk_start: chunk_start + batch_size]
                 _score_chunk(metric, chunk, inputs, results_dir, counts, failures)
@@ -230,18 +232,32 @@ def _pending(metric: Metric, ok: list[dict], inputs: _Inputs, results_dir: Path,
     return pending
 
 
+def _input(entry: tuple, inputs: _Inputs) -> MetricInput:
+    rec = entry[0]
+    inp = inputs.build(rec)
+    inp.record = {**rec, "_source_sha256": entry[3]}
+    return inp
+
+
+def _prepared_inputs(pending: list[tuple], inputs: _Inputs) -> Iterator[MetricInput]:
+    """The pending inputs for ``Metric.prepare``; unreadable records are skipped (scoring reports them)."""
+    for entry in pending:
+        try:
+            yield _input(entry, inputs)
+        except Exception:  # noqa: BLE001 (reported by _score_chunk)
+            continue
+
+
 def _score_chunk(metric: Metric, chunk: list[tuple], inputs: _Inputs, results_dir: Path, counts: Counter,
                  failures: list[dict[str, Any]]) -> None:
     batch, kept = [], []
     for entry in chunk:
-        rec = entry[0]
         try:
-            inp = inputs.build(rec)
+            inp = _input(entry, inputs)
         except Exception as err:  # a record whose files are gone or unreadable: report, keep going
-            failures.append({"metric_id": metric.id, "edit_key": rec.get("key"),
+            failures.append({"metric_id": metric.id, "edit_key": entry[0].get("key"),
                              "error": f"{type(err).__name__}: {err}"})
             continue
-        inp.record = {**rec, "_source_sha256": entry[3]}
         batch.append(inp)
         kept.append(entry)
     if not batch:

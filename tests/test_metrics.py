@@ -205,7 +205,8 @@ def test_ns_lpips_sd_formula_with_a_given_soft_mask(weights):
     metric = NsLpipsSd(backbone_path=str(weights["alex"]), resolution=32)
     soft = torch.linspace(0, 1, 32)[None, :, None].expand(1, 32, 32).contiguous()
 
-    metric.background_mask = lambda _inp: soft  # the mask generation is tested in test_metric_stage.py
+    metric.prepare = lambda _inputs: None  # the mask generation is tested in test_metric_stage.py
+    metric.background_mask = lambda _inp: soft
     inp = make_input(4)
     value = metric.score([inp])[0]
     ref = reference_lpips((_pil_resize_unit(inp.source, 32) * soft)[None], (_pil_resize_unit(inp.edited, 32) * soft)[None],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import torch
 
@@ -83,6 +83,11 @@ class Metric:
     def attach(self, results_dir: Path, pipeline: PipelineSource) -> None:
         """Called by the metric stage before scoring: the results folder (for artifacts a metric keeps,
         e.g. NS-LPIPS masks) and the job's diffusion pipeline. Default: neither is used."""
+
+    def prepare(self, inputs: Iterable[MetricInput]) -> None:
+        """Called by the metric stage once before scoring, with every input it is about to score (a
+        generator: keep what you need, not the inputs), for work shared across batches (NS-LPIPS masks).
+        Default: nothing."""
 
     def config(self) -> dict[str, Any]:
         """Settings that change values (recorded with each score and part of its key)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from PIL import Image
@@ -24,7 +24,7 @@ from bench.images import to_pil, to_uint8
 from bench.metrics.backbones import LpipsBackbone, PipelineSource
 from bench.metrics.base import Metric, MetricInput
 from bench.metrics.common import NAN, is_reconstruction, pil_to_unit_tensor
-from bench.metrics.ns_mask import BlendWordError, MaskCache, stylediffusion_background_mask
+from bench.metrics.ns_mask import BlendWordError, MaskCache, MaskRequest, MaskSettings, blend_token_index
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,10 @@ class NsLpipsSd(Metric):
     inversion of the source with the source prompt (see ``bench.metrics.ns_mask``); the mask is
     converted to grey with torchvision's ``Grayscale`` weights, as the reference does. Needs the
     diffusion pipeline, which the metric stage hands over in ``attach`` (with the folder where masks
-    are kept as PNG, ``masks/<id>/``). NaN when the item has no blend words or the first blend word
-    is not a word of the source prompt.
+    are kept as PNG, ``masks/<id>/``). ``prepare`` computes the masks of every pending input before
+    scoring, ``mask_batch_size`` sources per UNet call, shared with concurrent jobs through claim files
+    (``MaskCache.ensure``). NaN when the item has no blend words or the first blend word is not a word
+    of the source prompt.
     """
 
     id = "ns_lpips_sd"
@@ -164,21 +166,23 @@ class NsLpipsSd(Metric):
     display_scale = 1.0
 
     def __init__(self, backbone_path: str | None = None, resolution: int = 256, num_inference_steps: int = 50,
-                 attention_res_divisor: int = 4, id: str | None = None):  # noqa: A002
+                 attention_res_divisor: int = 4, mask_batch_size: int = 8, id: str | None = None):  # noqa: A002
         super().__init__(id)
         self.resolution = int(resolution)
         self.num_inference_steps = int(num_inference_steps)
         self.attention_res_divisor = int(attention_res_divisor)
         self.lpips_backbone = LpipsBackbone(net="alex", path=backbone_path, flavor="lpips")
         self.pipeline = PipelineSource()
-        self.masks: MaskCache | None = None  # set by attach; None = masks computed in memory only
+        settings = MaskSettings(self.resolution, self.num_inference_steps, self.attention_res_divisor)
+        # in memory until attach gives the results folder; the batch size is not a value-changing setting
+        self.masks = MaskCache(None, settings, int(mask_batch_size))
 
     def backbones(self):
         return [self.lpips_backbone]
 
     def attach(self, results_dir: Path, pipeline: PipelineSource) -> None:
         self.pipeline = pipeline
-        self.masks = MaskCache(Path(results_dir) / "masks" / self.id)
+        self.masks = MaskCache(Path(results_dir) / "masks" / self.id, self.masks.settings, self.masks.batch_size)
 
     @property
     def backbone(self) -> str | None:
@@ -190,21 +194,47 @@ class NsLpipsSd(Metric):
                 "resolution": self.resolution, "ddim_steps": self.num_inference_steps,
                 "attention_res": f"latent/{self.attention_res_divisor}"}
 
+    @staticmethod
+    def has_blend_word(inp: MetricInput) -> bool:
+        return bool(inp.item.blend_words and inp.item.blend_words[0])
+
+    def mask_request(self, pipe, inp: MetricInput) -> MaskRequest:
+        """The background mask this input needs; ``BlendWordError`` when its blend word is not a word of
+        the source prompt."""
+        prompt, word = inp.item.source_prompt, inp.item.blend_words[0]
+        blend_token_index(prompt, word)
+        source = to_uint8(inp.source)
+        source_sha256 = inp.record.get("_source_sha256") or hashlib.sha256(source.numpy().tobytes()).hexdigest()
+        return MaskRequest(self.masks.key(pipe, source_sha256, prompt, word, self.config()), source, prompt, word)
+
+    def prepare(self, inputs: Iterable[MetricInput]) -> None:
+        """Compute the missing masks of ``inputs`` (the metric stage passes all pending ones) in batched calls;
+        items without a usable blend word are left to ``score`` (NaN, reported there)."""
+        pipe, requests = None, []
+        for inp in inputs:
+            if not self.has_blend_word(inp):
+                continue
+            pipe = pipe or self.pipeline.get()
+            try:
+                requests.append(self.mask_request(pipe, inp))
+            except BlendWordError:
+                continue
+        if requests:
+            self.masks.ensure(pipe, requests)
+
     def background_mask(self, inp: MetricInput) -> torch.Tensor:
         """(1, R, R) soft background mask in [0, 1] for this input's source image and prompt."""
-        settings = dict(resolution=self.resolution, num_inference_steps=self.num_inference_steps,
-                        attention_res_divisor=self.attention_res_divisor)
-        prompt, word = inp.item.source_prompt, inp.item.blend_words[0]
-        if self.masks is None:
-            return stylediffusion_background_mask(self.pipeline.get(), inp.source, prompt, word, **settings)
-        source_sha256 = inp.record.get("_source_sha256") or hashlib.sha256(to_uint8(inp.source).numpy().tobytes()).hexdigest()
-        return self.masks.get(self.pipeline.get(), inp.source, source_sha256, prompt, word, self.config(), **settings)
+        pipe = self.pipeline.get()
+        request = self.mask_request(pipe, inp)
+        self.masks.ensure(pipe, [request])  # nothing to do after prepare
+        return self.masks.get(request.key)
 
     def score(self, batch: list[MetricInput]) -> list[float]:
         values = [NAN] * len(batch)
+        self.prepare(batch)  # the batch's missing masks in batched calls (none after the stage's prepare)
         todo, srcs, edts = [], [], []
         for i, inp in enumerate(batch):
-            if not inp.item.blend_words or not inp.item.blend_words[0]:
+            if not self.has_blend_word(inp):
                 continue
             try:
                 mask = self.background_mask(inp)  # (1, R, R) grey, broadcast over RGB like `.repeat(3,1,1)`
