@@ -32,9 +32,13 @@ def inversion_key(pipe: EditPipeline, scheduler_cfg: dict, method: Method, image
 
 
 def item_identity(item: EditItem) -> dict[str, Any]:
+    """The item as it enters a key. Paths never do (the same item checked out elsewhere must give the same
+    keys, seeds and results): the image's content enters through its sha256, and ``extra`` entries named
+    ``*_path`` (e.g. the toy world's ``union_mask_path``) point at files derived from the item itself."""
     identity = item.describe()
-    for path_field in ("image_path", "mask_path", "target_image_path"):  # paths never enter a key
+    for path_field in ("image_path", "mask_path", "target_image_path"):
         identity.pop(path_field)
+    identity["extra"] = {k: v for k, v in (identity.get("extra") or {}).items() if not k.endswith("_path")}
     return identity
 
 

@@ -360,3 +360,19 @@ def test_no_import_cycles_in_bench_and_methods(tmp_path):
     (tmp_path / "bench" / "a.py").write_text("import bench.b\n")
     (tmp_path / "bench" / "b.py").write_text("def f():\n    from bench.a import x\n")
     assert cycles(import_graph(tmp_path)) == [["bench.a", "bench.b"]]
+
+
+def test_keys_do_not_depend_on_where_the_files_are():
+    """Two checkouts of the same item (files under different roots, e.g. the toy world's union mask path in
+    ``extra``) must give the same edit key: the key seeds the edit's generator, so a path in it would make
+    results depend on the checkout location. Content still counts: another non-path ``extra`` value changes it."""
+    from bench.keys import item_identity
+
+    def item(root: str, **extra) -> EditItem:
+        return EditItem(item_id="i0", image_id="img0", image_path=f"{root}/src.png", source_prompt="a red circle",
+                        target_prompt="a blue circle", mask_path=f"{root}/mask.png",
+                        extra={"union_mask_path": f"{root}/union.png", "edited_attribute": "colour", **extra})
+
+    assert item_identity(item("/a/checkout")) == item_identity(item("/elsewhere"))
+    assert "union_mask_path" not in json.dumps(item_identity(item("/a")))
+    assert item_identity(item("/a")) != item_identity(item("/a", edited_attribute="shape"))
