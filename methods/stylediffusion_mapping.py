@@ -65,7 +65,7 @@ class MappingNetwork(nn.Module):
         self.conv_start = make(nn.Conv1d, num_tokens, width, kernel_size=1)
         self.conv_block = nn.Sequential(
             make(nn.Conv1d, width, width, kernel_size=1),
-            make(nn.BatchNorm1d, width, affine=True, track_running_stats=False),  # batch statistics, see module doc
+            make(nn.BatchNorm1d, width, affine=True, track_running_stats=False),  # batch statistics: stylediffusion_p2plus module doc
             nn.LeakyReLU(),
         )
         self.conv_end = make(nn.Conv1d, width, width, kernel_size=1)
@@ -98,7 +98,7 @@ def styled_value(context: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
 def item_scale_shift(networks: list[MappingNetwork], features: torch.Tensor,
                      items: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, b) of ``items``, each (len(items), 77, D): M^b(E(x_b)) item by item, so that each network's BatchNorm
-    sees one item's features, as at B = 1 (module doc, item batching)."""
+    sees one item's features, as at B = 1 (stylediffusion_p2plus module doc, item batching)."""
     scales, shifts = zip(*(networks[b](features[b:b + 1]) for b in items))
     return torch.cat(scales), torch.cat(shifts)
 
