@@ -126,7 +126,7 @@ class NullTextP2P(P2PEditHparams, ItemBatchedMethod):
     @torch.no_grad()
     def edit_latents_batch(self, pipe, inversions: list[Inversion], items) -> torch.Tensor:
         """[source, target] latents of every item after editing, item-major (the source rows are the
-        reconstructions). The optimisation stays per item; the edits of B items share each UNet call."""
+        reconstructions); the edits of B items share each UNet call."""
         pipe.scheduler.set_timesteps(self.num_steps)
         cond = pipe.encode_prompts([prompt for item in items for prompt in (item.source_prompt, item.target_prompt)])
         x_T = torch.cat([inversion.tensors["x_T"] for inversion in inversions]).repeat_interleave(2, dim=0)
