@@ -19,72 +19,34 @@ Editing: the batch [source, target] from x*_T with CFG w for both branches, the 
 [∅_t, ∅_t, c_src, c_tgt] at step t (the *same* optimised ∅_t for both branches, as the reference
 `text2image_ldm_stable` does), and a P2P controller (``methods.p2p``) on the conditional rows.
 
+Item batching (``invert_batch``): B items run the steps above together — one UNet call per DDIM
+inversion step, per ε_c, per inner iteration (the rows of the items still optimising) and per z̄ update —
+each item with its own ∅, its own Adam and its own early stop (``methods.timestep_fit.optimise_items``,
+shared with StyleDiffusion).
+
 Cost: inversion N forward passes (DDIM, w=1) + Σ_i (k_i + 2) forward and Σ_i k_i backward UNet passes,
 k_i = the inner iterations actually run at step i (``Inversion.meta["iterations"]``); editing 4N.
-
-``optimise_timestep`` and ``early_stop_threshold`` are the inner loop shared with StyleDiffusion
-(``methods.stylediffusion_p2plus``), which the reference also built on this loop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 
-from methods.base import Inversion, Method, check_range, target_rows
+from methods.base import Inversion, ItemBatchedMethod, check_range, target_rows
 from methods.p2p import ItemBatchController, P2PController, P2PEditHparams, attention_control
 from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_sampling_loop, ddim_step
+from methods.timestep_fit import TimestepFit, item_fit_meta, item_rows, optimise_items, per_item_mse
 
 
-def adam_learning_rate(step_index: int) -> float:
-    """lr_i = 1e-2 · (1 − i/100) (NTI and StyleDiffusion references)."""
-    return 1e-2 * (1.0 - step_index / 100.0)
-
-
-def early_stop_threshold(epsilon: float, step_index: int) -> float:
-    """Stop the inner loop of step i once loss < ε + i·2e-5 (NTI and StyleDiffusion references)."""
-    return epsilon + step_index * 2e-5
+def source_and_null_embeddings(pipe, source_prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_src, ∅) of B items, each (B, 77, D), from one text-encoder call [prompts…, "", …]."""
+    return pipe.encode_prompts([*source_prompts, *[""] * len(source_prompts)]).chunk(2)
 
 
 @dataclass
-class TimestepFit:
-    """What one timestep's inner optimisation did."""
-
-    iterations: int  # Adam steps actually taken (≤ the budget; fewer when the early stop fired)
-    initial_loss: float  # the loss of the first iteration (before any update at this timestep)
-    final_loss: float  # the loss of the last iteration (the one tested against the threshold)
-
-
-def optimise_timestep(parameters: Iterable[torch.Tensor], loss_fn: Callable[[], torch.Tensor], step_index: int,
-                      budget: int, epsilon: float) -> TimestepFit:
-    """The reference inner loop: a fresh Adam(lr_i) over ``parameters``; per iteration compute the loss,
-    take one Adam step, then stop if loss < ε + i·2e-5. Returns the iterations run and the losses."""
-    optimiser = torch.optim.Adam(list(parameters), lr=adam_learning_rate(step_index))
-    threshold = early_stop_threshold(epsilon, step_index)
-    initial = None
-    for iteration in range(1, budget + 1):
-        loss = loss_fn()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        value = loss.item()
-        initial = value if initial is None else initial
-        if value < threshold:
-            break
-    return TimestepFit(iteration, initial, value)
-
-
-def fit_meta(fits: list[TimestepFit]) -> dict[str, list]:
-    """Inversion.meta entries of an optimisation: per-step iterations, final and initial losses."""
-    return {"iterations": [f.iterations for f in fits], "losses": [f.final_loss for f in fits],
-            "initial_losses": [f.initial_loss for f in fits]}
-
-
-@dataclass
-class NullTextP2P(P2PEditHparams, Method):
+class NullTextP2P(P2PEditHparams, ItemBatchedMethod):
     """Null-text inversion, then P2P editing with the per-step optimised ∅_t.
 
     Defaults: the NTI notebook (50 steps, w 7.5, 10 inner steps, ε 1e-5; editing example
@@ -113,33 +75,40 @@ class NullTextP2P(P2PEditHparams, Method):
         self.check_p2p_hparams()
 
     # inversion ---------------------------------------------------------------------------
-    def invert(self, pipe, image, source_prompt, generator) -> Inversion:
+    def invert_batch(self, pipe, images, source_prompts, generators) -> list[Inversion]:
         pipe.scheduler.set_timesteps(self.num_steps)
-        cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
+        cond, uncond = source_and_null_embeddings(pipe, source_prompts)
         with torch.no_grad():
-            trajectory = ddim_inversion_loop(pipe, pipe.encode_image(image), cond, uncond, 1.0)
+            trajectory = ddim_inversion_loop(pipe, pipe.encode_image(images), cond, uncond, 1.0)
         nulls, fits = self.null_optimisation(pipe, trajectory, cond, uncond)
-        return Inversion({"x_T": trajectory[-1], "null_embeddings": torch.cat(nulls)},
-                         {"timesteps": [int(t) for t in pipe.scheduler.timesteps], **fit_meta(fits)})
+        timesteps = [int(t) for t in pipe.scheduler.timesteps]
+        return [Inversion({"x_T": trajectory[-1][b:b + 1], "null_embeddings": torch.stack([null[b] for null in nulls])},
+                          {"timesteps": timesteps, **item_fit_meta(fits, b)}) for b in range(len(source_prompts))]
 
-    def null_optimisation(self, pipe, trajectory: list[torch.Tensor], cond: torch.Tensor,
-                          uncond: torch.Tensor) -> tuple[list[torch.Tensor], list[TimestepFit]]:
-        """∅_t for every step (each (1,77,D)) and what each step's optimisation did (module doc, step 2)."""
+    def null_optimisation(self, pipe, trajectory: list[torch.Tensor], cond: torch.Tensor, uncond: torch.Tensor,
+                          ) -> tuple[list[torch.Tensor], list[list[TimestepFit]]]:
+        """∅_t of every step for the B items (each (B,77,D)) and what each step's optimisation did per item
+        (module doc, step 2; ``fits[i][b]``)."""
         scheduler, w = pipe.scheduler, self.guidance_scale
-        latent, null = trajectory[-1], uncond.clone()
+        latent, item_nulls = trajectory[-1], list(uncond.split(1))
         nulls, fits = [], []
         for i, t in enumerate(scheduler.timesteps):
             target = trajectory[len(trajectory) - i - 2]  # x*_{t−Δ}
             with torch.no_grad():
                 eps_cond = pipe.unet_eps(latent, t, cond)  # ε_c, once per step
-            null = null.detach().clone().requires_grad_(True)  # warm start from ∅_{t+Δ}; Adam updates it in place
+            # warm start from ∅_{t+Δ}; each item's Adam updates its own ∅ in place
+            item_nulls = [null.detach().clone().requires_grad_(True) for null in item_nulls]
 
-            def loss_fn(latent=latent, t=t, eps_cond=eps_cond, target=target, null=null) -> torch.Tensor:
-                eps = classifier_free_guidance(pipe.unet_eps(latent, t, null), eps_cond, w)
-                return F.mse_loss(ddim_step(scheduler, eps, int(t), latent), target)
+            def item_losses(active: list[int], latent=latent, t=t, eps_cond=eps_cond, target=target,
+                            item_nulls=item_nulls) -> torch.Tensor:
+                z = item_rows(latent, active)
+                eps_null = pipe.unet_eps(z, t, torch.cat([item_nulls[b] for b in active]))
+                eps = classifier_free_guidance(eps_null, item_rows(eps_cond, active), w)
+                return per_item_mse(ddim_step(scheduler, eps, int(t), z), item_rows(target, active))
 
-            fits.append(optimise_timestep([null], loss_fn, i, self.num_inner_steps, self.early_stop_epsilon))
-            null = null.detach()
+            fits.append(optimise_items([[null] for null in item_nulls], item_losses, i, self.num_inner_steps,
+                                       self.early_stop_epsilon))
+            null = torch.cat(item_nulls).detach()
             nulls.append(null)
             with torch.no_grad():  # z̄ ← DDIM_prev(ε_θ(z̄,t,∅_t) + w(ε_c − ε_θ(z̄,t,∅_t)))
                 eps = classifier_free_guidance(pipe.unet_eps(latent, t, null), eps_cond, w)
@@ -157,7 +126,7 @@ class NullTextP2P(P2PEditHparams, Method):
     @torch.no_grad()
     def edit_latents_batch(self, pipe, inversions: list[Inversion], items) -> torch.Tensor:
         """[source, target] latents of every item after editing, item-major (the source rows are the
-        reconstructions). The optimisation stays per item; the edits of B items share each UNet call."""
+        reconstructions); the edits of B items share each UNet call."""
         pipe.scheduler.set_timesteps(self.num_steps)
         cond = pipe.encode_prompts([prompt for item in items for prompt in (item.source_prompt, item.target_prompt)])
         x_T = torch.cat([inversion.tensors["x_T"] for inversion in inversions]).repeat_interleave(2, dim=0)
@@ -177,6 +146,3 @@ class NullTextP2P(P2PEditHparams, Method):
 
     def edit_batch(self, pipe, inversions, items, generators) -> torch.Tensor:
         return pipe.decode_latents(target_rows(self.edit_latents_batch(pipe, inversions, items), len(items)))
-
-    def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
-        return self.edit_batch(pipe, [inversion], [item], [generator])[0]

@@ -21,8 +21,14 @@ Inversion
      loss = MSE(DDIM_prev(ε_u + w(ε_θ(z̄, t, c; v ← M_i(E(x))) − ε_u)), x*_{t−Δ})
             + λ_attn · Σ_layers MSE(Â_i, A), A = this pass's 16² cross maps,
      with a fresh Adam(M_i, lr 1e-2·(1 − i/100)) and the NTI early stop loss < ε + i·2e-5
-     (``methods.null_text_p2p.optimise_timestep``);
+     (``methods.timestep_fit.optimise_items``);
    - z̄ ← DDIM_prev with the trained M_i (no grad).
+
+Item batching (``invert_batch``): B items share every UNet call (DDIM inversion, ε_u, each inner iteration
+over the items still optimising, the z̄ update); each item has its own M_i, Adam and early stop. The
+mapping networks are *not* batched: M_i runs per item on that item's E(x) alone, because its BatchNorm
+takes statistics over its input batch — stacking B items there would mix their features, whereas at B = 1
+it sees one item. Only the UNet calls carry B items.
 
 Reproduced quirks: the target maps Â_i are those recorded by the inversion step whose *input* was the
 latent z̄ starts from (the reference indexes them by N − i, which at i = 0 is the duplicated last
@@ -60,13 +66,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from methods.base import HyperparameterError, Inversion, check_range
-from methods.null_text_p2p import NullTextP2P, TimestepFit, fit_meta, optimise_timestep
+from methods.null_text_p2p import NullTextP2P, source_and_null_embeddings
 from methods.p2p import (
-    MAX_TOKENS,
     AttentionController,
     AttentionLayer,
     P2PController,
@@ -75,109 +78,18 @@ from methods.p2p import (
     step_window,
 )
 from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_step, reference_autocast
+from methods.stylediffusion_mapping import (
+    MappingNetwork,
+    clip_image_tokens,
+    item_scale_shift,
+    load_mapping_networks,
+    mapping_tensors,
+    styled_value,
+)
+from methods.timestep_fit import TimestepFit, item_fit_meta, item_rows, optimise_items, per_item_mse
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ATTENTION_LOSS_SD_RESOLUTION = 16  # the 16² cross maps of the down and up blocks (SD size)
 ATTENTION_LOSS_PLACES = ("down", "up")
-
-
-# ----------------------------------------------------------------------------------------------
-# image features
-
-
-def clip_image_tokens(encoder, image: torch.Tensor) -> torch.Tensor:
-    """E(x) = post_layernorm(all tokens of the CLIP vision tower), (B, L, D) in fp32.
-
-    image (B,3,H,W) in [-1,1] → [0,1] → resize (short side → image_size, bicubic, no antialias: the
-    reference applies torchvision's Resize to a tensor, whose default then was no antialias) → centre
-    crop → CLIP mean/std.
-    """
-    size = int(encoder.config.image_size)
-    x = (image.float() + 1) / 2
-    height, width = x.shape[-2:]
-    short = min(height, width)
-    resized = (size * height // short, size * width // short)
-    x = F.interpolate(x, size=resized, mode="bicubic", align_corners=False, antialias=False)
-    top, left = round((resized[0] - size) / 2), round((resized[1] - size) / 2)
-    x = x[..., top:top + size, left:left + size]
-    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
-    pixels = ((x - mean) / std).to(device=encoder.device, dtype=encoder.dtype)
-    hidden = encoder(pixel_values=pixels).last_hidden_state
-    return encoder.post_layernorm(hidden).float()
-
-
-# ----------------------------------------------------------------------------------------------
-# the mapping network
-
-
-class MappingNetwork(nn.Module):
-    """M_i: image tokens (B, L, D_img) → (scale s, shift b), each (B, 77, D_txt). One block (BLOCK_NUM = 1).
-
-    SD v1 + CLIP ViT-B/16 have D_img = D_txt = 768 and the network is the reference one. An encoder of
-    another width (the toy world's: 96 vs 128) gets a ``feature_adapter`` Linear(D_img → D_txt) on the
-    tokens first — an addition of this harness, absent when the widths agree.
-    """
-
-    def __init__(self, num_tokens: int, feature_width: int, context_width: int,
-                 device: torch.device | str = "cpu") -> None:
-        super().__init__()
-        width = 2 * MAX_TOKENS  # 154 = scale rows + shift rows
-
-        def make(cls, *args, **kwargs):  # no init here (no draw from the global RNG): see ``initialise``
-            return torch.nn.utils.skip_init(cls, *args, device=device, **kwargs)
-
-        self.feature_adapter = make(nn.Linear, feature_width, context_width) if feature_width != context_width else None
-        self.conv_start = make(nn.Conv1d, num_tokens, width, kernel_size=1)
-        self.conv_block = nn.Sequential(
-            make(nn.Conv1d, width, width, kernel_size=1),
-            make(nn.BatchNorm1d, width, affine=True, track_running_stats=False),  # batch statistics, see module doc
-            nn.LeakyReLU(),
-        )
-        self.conv_end = make(nn.Conv1d, width, width, kernel_size=1)
-
-    def initialise(self, generator: torch.Generator) -> "MappingNetwork":
-        """PyTorch's default init drawn from ``generator``: Conv1d/Linear weight and bias ~ U(±1/√fan_in)
-        (= kaiming_uniform(a=√5)); BatchNorm weight 1, bias 0."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv1d, nn.Linear)):
-                bound = 1 / math.sqrt(module.weight[0].numel())  # fan_in
-                for param in (module.weight, module.bias):
-                    values = torch.empty(param.shape).uniform_(-bound, bound, generator=generator)
-                    param.data.copy_(values)
-            elif isinstance(module, nn.BatchNorm1d):
-                module.reset_parameters()
-        return self
-
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.feature_adapter is not None:
-            features = self.feature_adapter(features)
-        out = self.conv_end(self.conv_block(self.conv_start(features)))
-        return out[:, :MAX_TOKENS], out[:, MAX_TOKENS:]
-
-
-def styled_value(context: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """ṽ = c ⊙ s + b (computed in fp32, returned in the context's dtype)."""
-    return (context.float() * scale + shift).to(context.dtype)
-
-
-def mapping_tensors(networks: list[MappingNetwork]) -> dict[str, torch.Tensor]:
-    """Flat named tensors ``mapping.<i>.<name>`` of every step's network."""
-    return {f"mapping.{i}.{name}": value.detach() for i, net in enumerate(networks)
-            for name, value in net.state_dict().items()}
-
-
-def load_mapping_networks(inversion: Inversion, num_steps: int, context_width: int) -> list[MappingNetwork]:
-    """The networks stored by ``mapping_tensors`` (fp32, eval mode, no grad)."""
-    features = inversion.tensors["image_features"]
-    networks = []
-    for i in range(num_steps):
-        prefix = f"mapping.{i}."
-        state = {k[len(prefix):]: v.float() for k, v in inversion.tensors.items() if k.startswith(prefix)}
-        net = MappingNetwork(features.shape[1], features.shape[2], context_width, device=features.device)
-        net.load_state_dict(state)
-        networks.append(net.eval().requires_grad_(False))
-    return networks
 
 
 def target_maps_index(step_index: int, num_steps: int) -> int:
@@ -191,11 +103,12 @@ def target_maps_index(step_index: int, num_steps: int) -> int:
 
 
 class ValueInjectionRecorder(AttentionController):
-    """Optimisation-time control (conditional-only UNet batches of one prompt).
+    """Optimisation-time control: UNet batches of one pass per item (conditional, or ε_u's ∅), no branches.
 
     ``scale_shift`` = (s, b) or None: when set, the value input of every cross-attention layer is
-    ṽ = c ⊙ s + b. ``maps`` holds, for the last UNet call, the cross-attention probabilities of the
-    layers the attention loss uses (kept in the graph, so the loss reaches M_i through them).
+    ṽ = c ⊙ s + b (row a of s, b belongs to row a of the batch). ``maps`` holds, for the last UNet call, the
+    cross-attention probabilities (rows, heads, Q, K) of the layers the attention loss uses (kept in the
+    graph, so the loss reaches M_i through them).
     """
 
     def __init__(self, resolution: int) -> None:
@@ -210,9 +123,11 @@ class ValueInjectionRecorder(AttentionController):
     def needs_probabilities(self, layer: AttentionLayer) -> bool:
         return self.records(layer)
 
+    def needs_unconditional_probabilities(self, layer: AttentionLayer) -> bool:
+        return self.records(layer)  # every row is an item's pass: none is split off as "unconditional"
+
     def process(self, probs: torch.Tensor, layer: AttentionLayer) -> torch.Tensor:
-        probs = super().process(probs, layer)
-        self.maps[layer.name] = self.split_batch(probs)[1]
+        self.maps[layer.name] = probs
         return probs
 
     def value_context(self, context: torch.Tensor, layer: AttentionLayer) -> torch.Tensor:
@@ -308,62 +223,72 @@ class StyleDiffusionP2Plus(NullTextP2P):
         return [math.ceil(self.num_inner_steps * math.exp(-0.1 * i)) for i in range(self.num_steps)]
 
     # inversion ---------------------------------------------------------------------------
-    def invert(self, pipe, image, source_prompt, generator) -> Inversion:
+    def invert_batch(self, pipe, images, source_prompts, generators) -> list[Inversion]:
         pipe.scheduler.set_timesteps(self.num_steps)
-        cond, uncond = pipe.encode_prompts([source_prompt, ""]).chunk(2)
+        cond, uncond = source_and_null_embeddings(pipe, source_prompts)
         with torch.no_grad():
             with reference_autocast(pipe):  # the reference's CLIP runs in fp16 on CUDA, output cast to fp32
-                features = clip_image_tokens(pipe.get_image_encoder(), image.to(pipe.device))  # E(x)
+                features = clip_image_tokens(pipe.get_image_encoder(), images.to(pipe.device))  # E(x), (B, L, D)
         control = ValueInjectionRecorder(sd_equivalent_resolution(pipe.unet, ATTENTION_LOSS_SD_RESOLUTION))
         inversion_maps: list[dict[str, torch.Tensor]] = []
 
-        def keep_maps(latents: torch.Tensor) -> torch.Tensor:  # A*_k of inversion step k
+        def keep_maps(latents: torch.Tensor) -> torch.Tensor:  # A*_k of inversion step k, (B, heads, Q, K)
             inversion_maps.append(control.maps)
             control.maps = {}
             return latents
 
         with attention_control(pipe, control):
             with torch.no_grad():
-                trajectory = ddim_inversion_loop(pipe, pipe.encode_image(image), cond, uncond, 1.0, on_step=keep_maps)
+                trajectory = ddim_inversion_loop(pipe, pipe.encode_image(images), cond, uncond, 1.0, on_step=keep_maps)
             networks, fits = self.mapping_optimisation(pipe, control, trajectory, inversion_maps, features, cond,
-                                                       uncond, generator)
-        return Inversion({"x_T": trajectory[-1], "image_features": features, **mapping_tensors(networks)},
-                         {"timesteps": [int(t) for t in pipe.scheduler.timesteps], **fit_meta(fits),
-                          "image_tokens": int(features.shape[1])})
+                                                       uncond, generators)
+        timesteps = [int(t) for t in pipe.scheduler.timesteps]
+        return [Inversion({"x_T": trajectory[-1][b:b + 1], "image_features": features[b:b + 1],
+                           **mapping_tensors([step[b] for step in networks])},
+                          {"timesteps": timesteps, **item_fit_meta(fits, b), "image_tokens": int(features.shape[1])})
+                for b in range(len(source_prompts))]
 
     def mapping_optimisation(self, pipe, control: ValueInjectionRecorder, trajectory: list[torch.Tensor],
                              inversion_maps: list[dict[str, torch.Tensor]], features: torch.Tensor, cond: torch.Tensor,
-                             uncond: torch.Tensor, generator: torch.Generator,
-                             ) -> tuple[list[MappingNetwork], list[TimestepFit]]:
-        """Train M_0..M_{N−1} in turn (module doc, step 4)."""
+                             uncond: torch.Tensor, generators: list[torch.Generator],
+                             ) -> tuple[list[list[MappingNetwork]], list[list[TimestepFit]]]:
+        """Train M_0..M_{N−1} in turn for the B items (module doc, step 4): ``networks[i][b]``, ``fits[i][b]``."""
         scheduler, w, n = pipe.scheduler, self.guidance_scale, self.num_steps
-        network = MappingNetwork(*features.shape[1:], cond.shape[-1], device=features.device).initialise(generator)
+        items = list(range(len(generators)))
+        item_networks = [MappingNetwork(*features.shape[1:], cond.shape[-1], device=features.device).initialise(g)
+                         for g in generators]  # M_0 of each item, from its own generator
         latent, networks, fits = trajectory[-1], [], []
         for i, (t, budget) in enumerate(zip(scheduler.timesteps, self.inner_step_budgets())):
             if i > 0:
-                network = copy.deepcopy(network)  # M_i ← M_{i−1}
+                item_networks = [copy.deepcopy(network) for network in item_networks]  # M_i ← M_{i−1}
             target = trajectory[len(trajectory) - i - 2]  # x*_{t−Δ}
             target_maps = inversion_maps[target_maps_index(i, n)]  # Â_i
             control.scale_shift = None
             with torch.no_grad():
                 eps_uncond = pipe.unet_eps(latent, t, uncond)  # ε_u, plain ∅
 
-            def loss_fn(latent=latent, t=t, eps_uncond=eps_uncond, target=target, target_maps=target_maps,
-                        network=network) -> torch.Tensor:
-                control.scale_shift, control.maps = network(features), {}
-                eps = classifier_free_guidance(eps_uncond, pipe.unet_eps(latent, t, cond), w)
-                latent_loss = F.mse_loss(ddim_step(scheduler, eps, int(t), latent), target)
-                attention_loss = sum(F.mse_loss(control.maps[name], ref) for name, ref in target_maps.items())
+            def item_losses(active: list[int], latent=latent, t=t, eps_uncond=eps_uncond, target=target,
+                            target_maps=target_maps, item_networks=item_networks) -> torch.Tensor:
+                control.scale_shift, control.maps = item_scale_shift(item_networks, features, active), {}
+                z = item_rows(latent, active)
+                eps = classifier_free_guidance(item_rows(eps_uncond, active),
+                                               pipe.unet_eps(z, t, item_rows(cond, active)), w)
+                latent_loss = per_item_mse(ddim_step(scheduler, eps, int(t), z), item_rows(target, active))
+                attention_loss = sum(per_item_mse(control.maps[name], item_rows(ref, active))
+                                     for name, ref in target_maps.items())
                 return latent_loss + self.attention_loss_weight * attention_loss
 
-            network.train().requires_grad_(True)
-            fits.append(optimise_timestep(network.parameters(), loss_fn, i, budget, self.early_stop_epsilon))
-            network.eval().requires_grad_(False)
+            for network in item_networks:
+                network.train().requires_grad_(True)
+            fits.append(optimise_items([network.parameters() for network in item_networks], item_losses, i, budget,
+                                       self.early_stop_epsilon))
+            for network in item_networks:
+                network.eval().requires_grad_(False)
             with torch.no_grad():  # z̄ ← DDIM_prev(ε_u + w(ε_θ(z̄, t, c; M_i) − ε_u))
-                control.scale_shift = network(features)
+                control.scale_shift = item_scale_shift(item_networks, features, items)
                 eps = classifier_free_guidance(eps_uncond, pipe.unet_eps(latent, t, cond), w)
                 latent = ddim_step(scheduler, eps, int(t), latent)
-            networks.append(network)
+            networks.append(item_networks)
         control.scale_shift = None
         return networks, fits
 

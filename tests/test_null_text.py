@@ -1,5 +1,6 @@
 """Null-text inversion + P2P on the tiny pipeline (CPU, fp32, few steps): reconstruction vs DDIM, the inner
-step against an independent implementation, early stop, NFE accounting, determinism, crash safety."""
+step against an independent implementation, early stop (per item in a batch, stopped items frozen), NFE
+accounting, determinism, crash safety."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from bench.edit_job import EditJob
 from bench.job_parts import method_from_config
 from methods.base import Inversion
 from methods.ddim import DDIM
-from methods.null_text_p2p import NullTextP2P, early_stop_threshold, optimise_timestep
+from methods.null_text_p2p import NullTextP2P
+from methods.timestep_fit import early_stop_threshold, optimise_items
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,24 +106,73 @@ def test_one_inner_step_matches_an_independent_implementation(pipe, source_image
     assert inversion.meta["initial_losses"][0] == pytest.approx(loss.item(), rel=1e-5)
 
 
-def test_optimise_timestep_stops_at_the_first_loss_below_the_threshold():
-    """(x − 3)² from x = 0 with Adam lr 1e-2: stop at the first iteration whose loss < ε + i·2e-5."""
+def run_quadratics(centres: list[float], step_index: int, epsilon: float):
+    """``optimise_items`` on loss_b = (x_b − c_b)² from x_b = 0: the final x, the fits, the active lists of
+    the calls and each item's losses in order."""
+    xs = [torch.zeros((), requires_grad=True) for _ in centres]
+    calls, losses = [], [[] for _ in centres]
+
+    def item_losses(active):
+        calls.append(list(active))
+        values = torch.stack([(xs[b] - centres[b]) ** 2 for b in active])
+        for b, value in zip(active, values.tolist()):
+            losses[b].append(value)
+        return values
+
+    fits = optimise_items([[x] for x in xs], item_losses, step_index, budget=100, epsilon=epsilon)
+    return [x.detach() for x in xs], fits, calls, losses
+
+
+def test_each_item_stops_at_its_first_loss_below_the_threshold_and_stays_frozen():
+    """Adam lr_i ≈ 1e-2 per step: item 0 ((x − 3)²) falls below 8.9 + i·2e-5 after a few iterations, item 1
+    ((x − 3.2)²) after ~20. Item 0 leaves the batch at its stop and is never stepped again: its x is bit-equal to
+    its run alone although item 1 (with its own Adam moments) goes on; item 1 also equals its run alone."""
     step_index, epsilon = 2, 8.9
     threshold = early_stop_threshold(epsilon, step_index)
-    x = torch.zeros((), requires_grad=True)
-    losses = []
+    xs, fits, calls, losses = run_quadratics([3.0, 3.2], step_index, epsilon)
+    for b, centre in enumerate((3.0, 3.2)):
+        alone_x, (alone_fit,), _, alone_losses = run_quadratics([centre], step_index, epsilon)
+        first_below = next(j for j, value in enumerate(losses[b]) if value < threshold) + 1
+        assert fits[b].iterations == first_below == len(losses[b]) < 100
+        assert fits[b].final_loss == losses[b][-1] < threshold <= losses[b][-2]
+        assert fits[b].initial_loss == losses[b][0] == pytest.approx(centre**2)  # float32 (x − c)² at x = 0
+        assert torch.equal(xs[b], alone_x[0]) and fits[b] == alone_fit and losses[b] == alone_losses[0]
+    stop = fits[0].iterations
+    assert 1 < stop < fits[1].iterations
+    assert calls == [[0, 1]] * stop + [[1]] * (fits[1].iterations - stop)  # a stopped item leaves the forward
+    assert xs[0].item() == pytest.approx(stop * 1e-2 * (1 - step_index / 100), rel=1e-3)  # ≈ sign steps of lr_i
 
-    def loss_fn():
-        loss = (x - 3) ** 2
-        losses.append(loss.item())
-        return loss
 
-    fit = optimise_timestep([x], loss_fn, step_index, budget=100, epsilon=epsilon)
-    first_below = next(j for j, value in enumerate(losses) if value < threshold) + 1
-    assert fit.iterations == first_below == len(losses) < 100
-    assert fit.final_loss == losses[-1] < threshold <= losses[-2]
-    assert fit.initial_loss == 9.0
-    assert x.item() == pytest.approx(fit.iterations * 1e-2 * (1 - step_index / 100), rel=1e-3)  # ≈ sign steps of lr_i
+def test_a_batch_runs_each_items_early_stop_in_the_unet_calls(pipe, source_image, generator):
+    """B = 2, N = 2, ε between the two items' first losses at step 0: there the lower item stops after one
+    iteration and the other goes on in UNet calls of its row alone (step 1, t = 0, is the identity DDIM step:
+    both stop at once). Each item's fit is the one of its run alone."""
+    images = torch.cat([source_image, source_image.flip(-1).neg()])
+
+    def alone(epsilon: float) -> list[Inversion]:
+        method = NullTextP2P(num_steps=2, num_inner_steps=3, early_stop_epsilon=epsilon)
+        return [method.invert(pipe, image[None], PROMPT, generator) for image in images]
+
+    first = [inversion.meta["initial_losses"][0] for inversion in alone(0.0)]
+    low = int(np.argmin(first))
+    assert first[low] < first[1 - low]  # two different losses: ε = their geometric mean sits between them
+    epsilon = float(np.sqrt(first[0] * first[1]))
+    single = alone(epsilon)
+    assert single[low].meta["iterations"] == [1, 1]
+    k = single[1 - low].meta["iterations"][0]
+    assert k > 1 and single[1 - low].meta["iterations"][1] == 1
+
+    before = pipe.counter.snapshot()
+    batch = NullTextP2P(num_steps=2, num_inner_steps=3, early_stop_epsilon=epsilon).invert_batch(
+        pipe, images, [PROMPT, PROMPT], [generator, generator])
+    spent = pipe.counter.since(before)
+    for b in range(2):
+        assert batch[b].meta["iterations"] == single[b].meta["iterations"]
+        assert batch[b].meta["initial_losses"] == pytest.approx(single[b].meta["initial_losses"], rel=1e-4)
+        assert batch[b].tensors["null_embeddings"].shape == (2, 77, 32)
+    assert spent["backward_calls_by_batch"] == {"2": 2, "1": k - 1}
+    # per step: ε_c, the first iteration and the z̄ update carry both rows (+ 2 DDIM inversion calls)
+    assert spent["forward_calls_by_batch"] == {"2": 2 + 2 * 3, "1": k - 1}
 
 
 def test_early_stop_and_unet_pass_counts(pipe, source_image, generator):
@@ -177,7 +228,7 @@ def test_crash_mid_optimisation_leaves_no_inversion_and_a_failed_record(tmp_path
     method, scheduler_cfg = method_from_config({"_target_": "methods.null_text_p2p.NullTextP2P",
                                                 "num_steps": 3, "num_inner_steps": 2,
                                                 "scheduler": dict(SCHEDULER_OFFSET0)})
-    real = optimise_timestep
+    real = optimise_items
     calls = []
 
     def crash_on_second_step(*args, **kwargs):
@@ -186,7 +237,7 @@ def test_crash_mid_optimisation_leaves_no_inversion_and_a_failed_record(tmp_path
             raise RuntimeError("simulated crash in the null-text optimisation")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("methods.null_text_p2p.optimise_timestep", crash_on_second_step)
+    monkeypatch.setattr("methods.null_text_p2p.optimise_items", crash_on_second_step)
     results = tmp_path / "results"
 
     def job():
@@ -201,7 +252,7 @@ def test_crash_mid_optimisation_leaves_no_inversion_and_a_failed_record(tmp_path
     assert record["status"] == "failed"
     assert record["error"]["type"] == "RuntimeError" and "simulated crash" in record["error"]["message"]
 
-    monkeypatch.setattr("methods.null_text_p2p.optimise_timestep", real)
+    monkeypatch.setattr("methods.null_text_p2p.optimise_items", real)
     again = job().run()
     assert (again.ok, again.inversions_computed) == (1, 1)
     (saved,) = list(inversion_dir.iterdir())

@@ -18,15 +18,8 @@ from bench.job_parts import method_from_config
 from methods.base import HyperparameterError, Inversion
 from methods.p2p import attention_control, sd_equivalent_resolution
 from methods.steps import classifier_free_guidance, ddim_step
-from methods.stylediffusion_p2plus import (
-    MappingNetwork,
-    StyleDiffusionP2Plus,
-    ValueInjectionRecorder,
-    clip_image_tokens,
-    load_mapping_networks,
-    styled_value,
-    target_maps_index,
-)
+from methods.stylediffusion_mapping import MappingNetwork, clip_image_tokens, load_mapping_networks, styled_value
+from methods.stylediffusion_p2plus import StyleDiffusionP2Plus, ValueInjectionRecorder, target_maps_index
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -197,7 +190,7 @@ def test_crash_mid_optimisation_leaves_no_inversion_and_a_failed_record(tmp_path
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash in the mapping-network optimisation")
 
-    monkeypatch.setattr("methods.stylediffusion_p2plus.optimise_timestep", crash)
+    monkeypatch.setattr("methods.stylediffusion_p2plus.optimise_items", crash)
     results = tmp_path / "results"
     summary = EditJob(pipe=pipe, method=method, method_label="stylediffusion_p2plus", scheduler_cfg=scheduler_cfg,
                       dataset=ListDataset(items), items=items, results_dir=results, seed=0, progress=False).run()

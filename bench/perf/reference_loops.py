@@ -236,7 +236,6 @@ def stylediffusion_reference(pipe, method, image, item, label: str, generator: t
     tiny_random), so the two could not be compared at equal outputs. The baseline is therefore faster
     than the true reference loop, and the measured speedup a lower bound."""
     from methods.base import Inversion
-    from methods.null_text_p2p import optimise_timestep
     from methods.stylediffusion_p2plus import (
         ATTENTION_LOSS_SD_RESOLUTION,
         MappingNetwork,
@@ -245,6 +244,7 @@ def stylediffusion_reference(pipe, method, image, item, label: str, generator: t
         mapping_tensors,
         target_maps_index,
     )
+    from methods.timestep_fit import optimise_timestep
 
     scheduler, w, n = pipe.scheduler, method.guidance_scale, method.num_steps
     scheduler.set_timesteps(n)
