@@ -6,12 +6,13 @@ Algorithm (N = num_steps, τ_f = feature_injection, τ_A = attention_injection):
    PnPInversion's PIE-Bench run, "" for pnp-diffusers) at guidance ``inversion_guidance_scale`` (1 in both
    references: conditional prediction only). The whole trajectory [x_0, …, x_T] is cached.
 2. Generation from x_T with the target prompt and CFG w = ``guidance_scale`` against ``negative_prompt``.
-   Each step runs ONE UNet batch of three rows, [source, target ∅⁻, target c] (the reference layout):
+   Each step runs ONE UNet batch of three rows per item, [source, target ∅⁻, target c] (the reference
+   layout; B items: three blocks of B rows, [sources | targets ∅⁻ | targets c], ``runtime.batch_size``):
    the source row carries the source branch — the latent z_t^src (``source_latents``: the DDIM
    reconstruction from x_T evolved in the same batch, or the stored inversion latent x_t) with the
    inversion prompt. During steps i < int(N·τ_f) the residual-branch output of the injection layer of
-   both target rows is replaced by the source row's; during steps i < int(N·τ_A) so are the self-attention
-   queries and keys of the later decoder layers.
+   both target rows is replaced by the source row's (of the same item); during steps i < int(N·τ_A) so
+   are the self-attention queries and keys of the later decoder layers.
 
 Injection layers: SD's decoder layer 4 (ldm ``output_blocks[4]`` = diffusers ``up_blocks[1].resnets[1]``,
 the conv2 output before the skip sum) and the self-attention of decoder layers 4–11
@@ -22,7 +23,7 @@ modules on SD, and well defined on the toy and tiny UNets.
 Mechanism: PyTorch forward hooks on ``conv2`` and on ``attn1.to_q`` / ``attn1.to_k`` (whatever attention
 processor is installed), removed in ``finally``.
 
-Cost: inversion N·(1 if w_inv = 1 else 2) NFE; generation 3N NFE (N UNet calls of batch 3).
+Cost per item: inversion N·(1 if w_inv = 1 else 2) NFE; generation 3N NFE (N UNet calls of batch 3B).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from typing import Iterator
 
 import torch
 
-from methods.base import HyperparameterError, Inversion, Method, check_range
-from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_step
+from methods.base import HyperparameterError, Inversion, ItemBatchedMethod, check_range, stack_tensors, target_rows
+from methods.steps import cfg_passes, classifier_free_guidance, ddim_inversion_loop, ddim_step
 
 INVERSION_PROMPTS = ("source", "empty")
 SOURCE_LATENTS = ("reconstruction", "inversion")
@@ -55,7 +56,8 @@ def injection_modules(unet) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
 
 
 class PnPInjection:
-    """Forward hooks that copy row 0 (the source) onto the other rows of a [source, target ∅, target c] batch.
+    """Forward hooks that copy the source block onto the other two blocks of a [sources | targets ∅ | targets c]
+    batch (three blocks of B rows, item b at row b of each): every target row takes its own item's source row.
 
     ``step`` (set by the sampling loop) selects what is active: the residual features while
     step < ``feature_steps``, self-attention queries/keys while step < ``attention_steps``.
@@ -95,7 +97,7 @@ class PnPInjection:
 
 
 @dataclass
-class PlugAndPlay(Method):
+class PlugAndPlay(ItemBatchedMethod):
     """Not a DDIM subclass: its loop (and any reference-shaped baseline) is its own."""
 
     name = "pnp"
@@ -127,28 +129,35 @@ class PlugAndPlay(Method):
         return source_prompt if self.inversion_prompt == "source" else ""
 
     @torch.no_grad()
-    def invert(self, pipe, image, source_prompt, generator) -> Inversion:
+    def invert_batch(self, pipe, images, source_prompts, generators) -> list[Inversion]:
         pipe.scheduler.set_timesteps(self.num_steps)
-        cond, uncond = pipe.encode_prompts([self.source_text(source_prompt), ""]).chunk(2)
-        trajectory = ddim_inversion_loop(pipe, pipe.encode_image(image), cond, uncond, self.inversion_guidance_scale)
-        return Inversion({"x_T": trajectory[-1], "trajectory": torch.stack(trajectory)},
-                         {"timesteps": [int(t) for t in pipe.scheduler.timesteps]})
+        cond = pipe.encode_prompts([self.source_text(prompt) for prompt in source_prompts])
+        uncond = pipe.encode_prompts([""] * len(source_prompts))
+        trajectory = torch.stack(ddim_inversion_loop(pipe, pipe.encode_image(images), cond, uncond,
+                                                     self.inversion_guidance_scale))  # (N+1, B, C, h, w)
+        meta = {"timesteps": [int(t) for t in pipe.scheduler.timesteps]}
+        # each item keeps its own copy of its trajectory (not a view that would hold the whole batch's)
+        return [Inversion({"x_T": trajectory[-1, b:b + 1].clone(), "trajectory": trajectory[:, b:b + 1].clone()},
+                          dict(meta)) for b in range(len(source_prompts))]
 
     @torch.no_grad()
-    def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
-        """[source branch, target] latents after generation."""
+    def edit_latents_batch(self, pipe, inversions: list[Inversion], items) -> torch.Tensor:
+        """[source branch, target] latents of every item after generation, item-major (2B rows)."""
         scheduler = pipe.scheduler
         scheduler.set_timesteps(self.num_steps)
-        embeddings = pipe.encode_prompts([self.source_text(item.source_prompt), self.negative_prompt,
-                                          item.target_prompt])
-        trajectory = inversion.tensors["trajectory"]  # (N+1, B, C, h, w): x_{t_k}, ascending t
-        source = target = inversion.tensors["x_T"]
+        batch = len(items)
+        # the UNet batch is three blocks of B rows, [sources | targets ∅⁻ | targets c] (PnPInjection)
+        embeddings = pipe.encode_prompts([self.source_text(item.source_prompt) for item in items]
+                                         + [self.negative_prompt] * batch + [item.target_prompt for item in items])
+        source = target = stack_tensors(inversions, "x_T")
+        if self.source_latents == "inversion":  # x_{t_k} of every item, (N+1, B, C, h, w), ascending t
+            trajectory = torch.cat([inversion.tensors["trajectory"] for inversion in inversions], dim=1)
         injection = PnPInjection(pipe.unet, int(self.num_steps * self.feature_injection),
                                  int(self.num_steps * self.attention_injection))
         with injection.installed():
             for i, t in enumerate(scheduler.timesteps):
                 injection.step = i
-                eps = pipe.unet_eps(torch.cat([source, target, target]), t, embeddings.repeat_interleave(len(target), 0))
+                eps = pipe.unet_eps(torch.cat([source, target, target]), t, embeddings)
                 eps_source, eps_uncond, eps_cond = eps.chunk(3)
                 target = ddim_step(scheduler, classifier_free_guidance(eps_uncond, eps_cond, self.guidance_scale),
                                    int(t), target)
@@ -156,7 +165,14 @@ class PlugAndPlay(Method):
                     source = ddim_step(scheduler, eps_source, int(t), source)
                 else:
                     source = trajectory[self.num_steps - 1 - i]
-        return torch.cat([source, target])
+        return torch.stack([source, target], dim=1).flatten(0, 1)
 
-    def edit(self, pipe, inversion, item, generator) -> torch.Tensor:
-        return pipe.decode_latents(self.edit_latents(pipe, inversion, item))[-1]
+    def edit_latents(self, pipe, inversion: Inversion, item) -> torch.Tensor:
+        """One item's [source branch, target] latents."""
+        return self.edit_latents_batch(pipe, [inversion], [item])
+
+    def edit_batch(self, pipe, inversions, items, generators) -> torch.Tensor:
+        return pipe.decode_latents(target_rows(self.edit_latents_batch(pipe, inversions, items), len(items)))
+
+    def declared_nfe(self, item) -> tuple[int, int]:
+        return cfg_passes(self.inversion_guidance_scale) * self.num_steps, 3 * self.num_steps

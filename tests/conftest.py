@@ -58,6 +58,16 @@ def tiny_pipe(tiny_model_cfg):
     return load_pipeline(tiny_model_cfg, SCHEDULER_OFFSET1)
 
 
+
+@pytest.fixture
+def tiny_pipe_float64(tiny_pipe):
+    """``tiny_pipe`` in float64: for batch-vs-single comparisons of loops that amplify float32 rounding (an
+    optimisation or guidance step) beyond what a wrong per-item result would be told apart from."""
+    for module in (tiny_pipe.unet, tiny_pipe.vae, tiny_pipe.text_encoder):
+        module.double()
+    tiny_pipe.dtype = torch.float64
+    return tiny_pipe
+
 @pytest.fixture
 def pipe(tiny_model_cfg):
     """The tiny pipeline with the hand-built DDIM (steps_offset 0) the NTI configs use."""

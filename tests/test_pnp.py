@@ -18,6 +18,7 @@ ITEM = EditItem("img/0", "img", "unused.png", SOURCE, TARGET, blend_words=("cat"
 # float32 UNet calls on batches of 3 vs 2 rows use different reduction blockings: ~1e-6 per step on
 # latents of unit scale; a few steps stay far below this, a missing/extra injection is O(0.1)
 BATCH_TOL = dict(rtol=1e-4, atol=1e-4)
+FLOAT64_TOL = dict(rtol=1e-9, atol=1e-9)  # see test_a_batch_of_items_is_edited_as_each_item_alone
 
 
 def hook_counts(module: torch.nn.Module) -> dict[str, int]:
@@ -42,6 +43,28 @@ def test_zero_injection_is_plain_ddim_editing_and_the_source_row_is_the_reconstr
     _, injected = pnp(guidance_scale=3.0).edit_latents(tiny_pipe, inversion, ITEM)
     assert (injected - target).abs().max() > 1e-2
 
+
+
+@torch.no_grad()
+def test_a_batch_of_items_is_edited_as_each_item_alone(tiny_pipe_float64, source_image):
+    """Two items (other images and prompts) in one batch: each item's target rows take its own source row's
+    features, so each item's inversion and edit equal its own run. In float64: guidance and injection amplify
+    the float32 rounding of batch 2 vs 1 (~1e-7) to ~1e-4 on the tiny UNet, in float64 to ~1e-12, far below
+    FLOAT64_TOL and below a target injected with the other item's source row (> 1e-2)."""
+    tiny_pipe = tiny_pipe_float64
+    method = pnp(guidance_scale=3.0, source_latents="inversion")
+    items = [ITEM, EditItem("img/1", "img1", "unused.png", "a photo of a dog", "a photo of a bird")]
+    images = torch.cat([source_image, source_image.roll(7, dims=-1)]).double()
+    inversions = method.invert_batch(tiny_pipe, images, [item.source_prompt for item in items],
+                                     [torch.Generator()] * 2)
+    batched = method.edit_latents_batch(tiny_pipe, inversions, items)
+    for b, item in enumerate(items):
+        alone = method.invert(tiny_pipe, images[b:b + 1], item.source_prompt, torch.Generator())
+        for name in ("x_T", "trajectory"):
+            torch.testing.assert_close(inversions[b].tensors[name], alone.tensors[name], **FLOAT64_TOL)
+        torch.testing.assert_close(batched[2 * b:2 * b + 2], method.edit_latents(tiny_pipe, alone, item), **FLOAT64_TOL)
+    swapped = method.edit_latents_batch(tiny_pipe, inversions[::-1], items)  # item 0's prompts on item 1's image
+    assert (swapped[1] - batched[1]).abs().max() > 1e-2
 
 def test_injection_modules_are_decoder_layer_4_and_self_attention_4_to_11(tiny_pipe):
     unet = tiny_pipe.unet  # tiny: up_blocks[0] (8²) and up_blocks[1] (16²) both have attention, 2 layers each
