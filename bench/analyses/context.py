@@ -110,6 +110,9 @@ class AnalysisContext:
 
             self._pipe = load_pipeline(OmegaConf.to_container(self.cfg.model, resolve=True), self.method[1],
                                        device=self.cfg.runtime.device, dtype=self.cfg.runtime.dtype)
+            if self.cfg.model.get("random_weights"):
+                self.section.note(f"Model {self.cfg.model.name} has RANDOM WEIGHTS: the numbers below exercise the "
+                                  "code path at this model's shapes and say nothing about the method.")
         return self._pipe
 
     def pipe_for(self, scheduler_cfg: dict):
