@@ -270,6 +270,27 @@ def test_sd14_random_config_builds_in_code_with_sd14_geometry():
     assert narrow["text_encoder"].config.max_position_embeddings == 77
 
 
+def test_colour_manipulation_without_ground_truth_says_what_it_needs_before_building_the_model(tmp_path):
+    """A dataset of real photos has no re-rendered target: a clear error naming toy_shapes, before any model
+    (here the 4.6 GB sd14_random) is built."""
+    from PIL import Image
+
+    from bench.analyses.color_manipulation import ColorManipulation
+    from bench.analyses.context import AnalysisContext
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "car.png")
+    (folder / "prompts.yaml").write_text("- image: car.png\n  source_prompt: a red car\n"
+                                         "  edits: [{target_prompt: a blue car, category: colour}]\n")
+    model_dir = tmp_path / "sd14_random"
+    cfg = compose_config(["experiment=ef_color_manipulation", "model=sd14_random", f"model.path={model_dir}",
+                          "dataset=folder", f"dataset.root={folder}"], tmp_path / "results")
+    with pytest.raises(ValueError, match=r"dataset 'folder' has no usable items \(it needs colour edits .*dataset=toy_shapes"):
+        ColorManipulation().run(AnalysisContext(cfg, "ef_color_manipulation"))
+    assert not model_dir.exists()
+
+
 @pytest.fixture(scope="module")
 def narrow_sd_dir(tmp_path_factory):
     from bench.perf.sd_shaped import build_sd14_narrow_random
