@@ -13,7 +13,7 @@ Same architecture, parameter counts and FLOPs as CompVis/stable-diffusion-v1-4, 
 - a CLIP ViT-B/16-shaped vision tower (StyleDiffusion's image encoder), built on first use.
 
 Two ways in: ``build_sd14_random_pipeline`` builds the modules directly on the target device (``bench
-perf``: no disk round trip of 4.3 GB of fp32 weights); ``build_sd14_random`` saves them once in diffusers
+perf``: no disk round trip of 4.6 GB of fp32 weights); ``build_sd14_random`` saves them once in diffusers
 format so that ``model=sd14_random`` loads them through ``bench.models.load_pipeline``'s
 ``from_pretrained`` path, exactly as ``model=sd14``. ``NARROW`` is the same geometry (64² latents, VAE
 factor 8, 4 UNet levels with cross-attention at 64², 32², 16², 77 text tokens) at a fraction of the
