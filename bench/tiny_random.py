@@ -71,8 +71,8 @@ def write_bpe_tokenizer(directory: str | Path, vocab: list[str], merges: list[tu
 
 def build_components(seed: int = 0) -> dict:
     """The tiny SD-shaped components with deterministic random weights."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -100,25 +100,31 @@ def build_components(seed: int = 0) -> dict:
         hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
         image_size=32, patch_size=4, projection_dim=32,
     ))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    tokenizer_dir = Path(tempfile.mkdtemp(prefix="clip-tokenizer-"))
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": clip_tokenizer(),
+            "image_encoder": image_encoder}
+
+
+def clip_tokenizer():
+    """The real CLIP tokenizer (77 tokens), loaded from a temporary copy written offline."""
+    from transformers import CLIPTokenizer
+
+    directory = Path(tempfile.mkdtemp(prefix="clip-tokenizer-"))
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tokenizer_dir), local_files_only=True)
+        return CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory), local_files_only=True)
     finally:
-        shutil.rmtree(tokenizer_dir, ignore_errors=True)
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
-            "scheduler": scheduler, "image_encoder": image_encoder}
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-def build_tiny_random(path: str | Path, seed: int = 0) -> Path:
-    """Build the tiny pipeline and save it (diffusers format) at ``path``; atomic at folder level."""
-    from diffusers import StableDiffusionPipeline
+def save_pipeline(path: str | Path, parts: dict, image_encoder) -> Path:
+    """Save unet / vae / text_encoder / tokenizer (``parts``) as a StableDiffusionPipeline folder at ``path``,
+    with a DDIM scheduler config (SD's betas; the harness builds each method's own scheduler) and
+    ``image_encoder`` in ``image_encoder/``; atomic at folder level (staged, then renamed)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     path = Path(path)
-    parts = build_components(seed)
-    image_encoder = parts.pop("image_encoder")
-    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(**parts, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     staging = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent if path.parent.exists() else None))
     try:
@@ -135,3 +141,10 @@ def build_tiny_random(path: str | Path, seed: int = 0) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def build_tiny_random(path: str | Path, seed: int = 0) -> Path:
+    """Build the tiny pipeline and save it (diffusers format) at ``path``."""
+    parts = build_components(seed)
+    image_encoder = parts.pop("image_encoder")
+    return save_pipeline(path, parts, image_encoder)

@@ -225,6 +225,20 @@ FAST = {  # debug=limit and a few steps: seconds each on the tiny random pipelin
 }
 
 
+def check_outputs(results, name: str, cfg, table) -> None:
+    """Every table as csv + md, a figure, the section, the report; the returned table's means finite."""
+    directory = results / "analyses" / name
+    tables = sorted(p.stem for p in directory.glob("*.csv"))
+    assert tables and all((directory / f"{t}.md").is_file() for t in tables)
+    assert list(directory.glob("*.png")) and (directory / "section.md").is_file()
+    report = (results / "report" / "index.html").read_text()
+    assert cfg.analysis.title in report and "data:image/png;base64," in report
+    means = table.select_dtypes("number").filter(regex="mean|psnr_in|psnr_out|accuracy|lpips_out")
+    assert len(means.columns) >= 2
+    finite = means.apply(lambda column: column.map(math.isfinite))
+    assert (finite.sum() >= len(means) - 1).all()  # (no z_0: the smallest t has no correlation)
+
+
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_analysis_runs_with_debug_limit_on_the_tiny_model(name, tmp_path):
     from bench.analyses import run_analysis
@@ -234,16 +248,87 @@ def test_analysis_runs_with_debug_limit_on_the_tiny_model(name, tmp_path):
                           "method.skip=1", *FAST[name]], results)
     assert cfg.model.name == "tiny_random"
     out = run_analysis(cfg)
-    directory = results / "analyses" / name
-    tables = sorted(p.stem for p in directory.glob("*.csv"))
-    assert tables and all((directory / f"{t}.md").is_file() for t in tables)
-    assert list(directory.glob("*.png")) and (directory / "section.md").is_file()
-    report = (results / "report" / "index.html").read_text()
-    assert cfg.analysis.title in report and "data:image/png;base64," in report
-    means = out["table"].filter(regex="mean|psnr_in|accuracy")
-    assert (means.notna().sum() >= len(means) - 1).all()  # (no z_0: the smallest t has no correlation)
+    check_outputs(results, name, cfg, out["table"])
+    assert "RANDOM WEIGHTS" not in (results / "analyses" / name / "section.md").read_text()
     again = run_analysis(cfg)  # the cached inversions are reused: same numbers
     assert again["table"].equals(out["table"])
+
+
+def test_sd14_random_config_builds_in_code_with_sd14_geometry():
+    """``model=sd14_random``: built by bench.perf.sd_shaped (nothing to fetch), labelled random; the narrow
+    variant the slow test runs keeps SD v1.4's geometry (checked on the meta device: no memory)."""
+    from bench.commands.weights import needs_for
+    from bench.perf.sd_shaped import NARROW, SD14, build_modules
+
+    cfg = compose_config(["model=sd14_random"], REPO_ROOT / "results")
+    assert cfg.model.build == "bench.perf.sd_shaped:build_sd14_random" and cfg.model.random_weights is True
+    assert needs_for(["sd14_random"], None) == []
+    full, narrow = build_modules("meta", shapes=SD14), build_modules("meta", shapes=NARROW)
+    for key in ("sample_size", "down_block_types", "up_block_types", "layers_per_block", "in_channels"):
+        assert narrow["unet"].config[key] == full["unet"].config[key]
+    assert len(narrow["vae"].config.block_out_channels) == len(full["vae"].config.block_out_channels) == 4  # ×8
+    assert narrow["text_encoder"].config.max_position_embeddings == 77
+
+
+def test_colour_manipulation_without_ground_truth_says_what_it_needs_before_building_the_model(tmp_path):
+    """A dataset of real photos has no re-rendered target: a clear error naming toy_shapes, before any model
+    (here the 4.6 GB sd14_random) is built."""
+    from PIL import Image
+
+    from bench.analyses.color_manipulation import ColorManipulation
+    from bench.analyses.context import AnalysisContext
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "car.png")
+    (folder / "prompts.yaml").write_text("- image: car.png\n  source_prompt: a red car\n"
+                                         "  edits: [{target_prompt: a blue car, category: colour}]\n")
+    model_dir = tmp_path / "sd14_random"
+    cfg = compose_config(["experiment=ef_color_manipulation", "model=sd14_random", f"model.path={model_dir}",
+                          "dataset=folder", f"dataset.root={folder}"], tmp_path / "results")
+    with pytest.raises(ValueError, match=r"dataset 'folder' has no usable items \(it needs colour edits .*dataset=toy_shapes"):
+        ColorManipulation().run(AnalysisContext(cfg, "ef_color_manipulation"))
+    assert not model_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def narrow_sd_dir(tmp_path_factory):
+    from bench.perf.sd_shaped import build_sd14_narrow_random
+
+    return build_sd14_narrow_random(tmp_path_factory.mktemp("models") / "sd14_narrow")
+
+
+SD_SHAPED = {  # 3 steps (2 regenerated), the 64² latent's largest default shift, 2 SDEdit steps of 50
+    "ef_gaussian_2d": ["analysis.num_points=100"],
+    "ef_noise_statistics": [],
+    "ef_image_shift": ["analysis.shifts=[8]"],
+    "ef_color_manipulation": ["analysis.strengths=[1.0]", "analysis.sdedit_strengths=[0.04]",
+                              "analysis.timestep_range=[0,999]"],
+}
+
+
+@pytest.mark.slow  # ~1 min on 2 cores
+def test_every_analysis_runs_on_the_sd14_shaped_pipeline(narrow_sd_dir, tmp_path):
+    """The four experiments with ``model=sd14_random`` at SD v1.4's geometry (64² latents, VAE ×8, 512² images,
+    77 tokens) but narrow widths (``build_sd14_narrow_random``; the full widths take minutes per UNet pass on
+    CPU, docs/experiments.md). One results dir: the later experiments reuse the first one's inversions."""
+    from bench.analyses import run_analysis
+
+    results = tmp_path / "results"
+    model = ["model=sd14_random", "model.build=bench.perf.sd_shaped:build_sd14_narrow_random",
+             f"model.path={narrow_sd_dir}", "model.name=sd14_narrow_random"]
+    tables = {}
+    for name, overrides in SD_SHAPED.items():
+        cfg = compose_config([f"experiment={name}", "debug=limit", "limit=1", *model, "method.num_steps=3",
+                              "method.skip=1", *overrides], results)
+        tables[name] = run_analysis(cfg)["table"]
+        check_outputs(results, name, cfg, tables[name])
+        section = (results / "analyses" / name / "section.md").read_text()
+        assert ("RANDOM WEIGHTS" in section) == (name != "ef_gaussian_2d")  # the 2-D demo loads no model
+    assert tables["ef_image_shift"]["pixels"].tolist() == [0, 64, 0, 64]  # k·8: SD's VAE factor
+    assert len(tables["ef_color_manipulation"]) == 3  # M pasted, EF at s = 1, SDEdit at 0.04
+    noise = (results / "analyses" / "ef_noise_statistics" / "section.md").read_text()
+    assert "16384 values per map" in noise  # 4 × 64 × 64
 
 
 def test_gaussian_2d_from_the_command_line(tmp_path):

@@ -30,6 +30,13 @@ M = the target colour's palette value, target = the scene re-rendered with that 
 ground truth inside B (coverage 1) and outside B (coverage 0; the anti-aliased rim is in neither), colour
 accuracy (the committed toy CLIP reads the target colour) and LPIPS to the source outside B
 (``ns_lpips_gt`` of the metric set).
+
+Other models and datasets: the ground truth is what makes this experiment, so it needs the toy world's
+colour edits (mask, re-rendered target, palette colour); any other dataset stops with an error saying so.
+On a model of another resolution (SD: 512²) the 64² toy scenes, masks and targets go through the shared
+preprocessing (bicubic images, nearest masks, the same as any source), so truth and source stay aligned
+pixel for pixel; B pooled by the VAE factor (8 on SD) is the 64² mask again. The toy CLIP reads the colour
+from the outputs resized to its 64².
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ from bench.toyworld.generator import COLOUR_NAMES, COLOURS
 from bench.toyworld.metrics import MAX_DB
 from methods.base import Inversion
 from methods.steps import alpha_bar, predict_x0
+
+COLOUR_EDITS = ("colour edits with ground truth: edit_category 'colour', a mask, a target image and a toy-palette "
+                "target colour, i.e. dataset=toy_shapes (at any model resolution: the toy scenes are resized as "
+                "every source is)")
 
 
 def is_colour_edit(item) -> bool:
@@ -81,7 +92,7 @@ class ColorManipulation:
 
         ef, ef_scheduler, ef_label = ctx.method
         sdedit, sdedit_scheduler, _ = ctx.baseline(self.baseline)
-        items = ctx.items(keep=is_colour_edit)
+        items = ctx.items(keep=is_colour_edit, needs=COLOUR_EDITS)
         pipe, lpips, classifier = ctx.pipe, ctx.metric(self.lpips), load_clip_classifier()
         factor = pipe.vae_scale_factor
         rows, shown = [], []

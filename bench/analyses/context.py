@@ -80,8 +80,9 @@ class AnalysisContext:
         return method, scheduler_cfg, name
 
     # data --------------------------------------------------------------------------------
-    def items(self, keep=None) -> list[EditItem]:
-        """The dataset's items (shard, then ``keep`` filter, then ``limit``): one per image."""
+    def items(self, keep=None, needs: str = "") -> list[EditItem]:
+        """The dataset's items (shard, then ``keep`` filter, then ``limit``): one per image. ``needs`` says
+        what ``keep`` looks for (the error when nothing passes)."""
         from bench.job_parts import dataset_from_config, select_shard
 
         dataset, shard, num_shards = dataset_from_config(self.cfg.dataset)
@@ -94,7 +95,7 @@ class AnalysisContext:
             items = items[: int(self.cfg.limit)]
         if not items:
             raise ValueError(f"analysis {self.name}: dataset {dataset.name!r} has no usable items"
-                             + (" (after the analysis' filter)" if keep is not None else ""))
+                             + (f" (it needs {needs or 'items passing its filter'})" if keep is not None else ""))
         return items
 
     def source(self, item: EditItem) -> tuple[torch.Tensor, str]:
@@ -110,6 +111,9 @@ class AnalysisContext:
 
             self._pipe = load_pipeline(OmegaConf.to_container(self.cfg.model, resolve=True), self.method[1],
                                        device=self.cfg.runtime.device, dtype=self.cfg.runtime.dtype)
+            if self.cfg.model.get("random_weights"):
+                self.section.note(f"Model {self.cfg.model.name} has RANDOM WEIGHTS: the numbers below exercise the "
+                                  "code path at this model's shapes and say nothing about the method.")
         return self._pipe
 
     def pipe_for(self, scheduler_cfg: dict):

@@ -1,4 +1,5 @@
-"""An SD-v1.4-shaped pipeline with random weights, built in code (``bench perf --model sd14_random``).
+"""An SD-v1.4-shaped pipeline with random weights, built in code (``bench perf --model sd14_random``,
+``model=sd14_random``).
 
 Same architecture, parameter counts and FLOPs as CompVis/stable-diffusion-v1-4, no download:
 - UNet2DConditionModel: sample 64 (512² images), block_out_channels 320/640/1280/1280, 3 cross-attention
@@ -11,14 +12,18 @@ Same architecture, parameter counts and FLOPs as CompVis/stable-diffusion-v1-4, 
   83,653,863 parameters;
 - a CLIP ViT-B/16-shaped vision tower (StyleDiffusion's image encoder), built on first use.
 
-For GPU timing (~1 B parameters: on CPU only a smoke check at tiny step counts). Random weights make
-the outputs meaningless, not the cost. Modules are created directly on the target device.
+Two ways in: ``build_sd14_random_pipeline`` builds the modules directly on the target device (``bench
+perf``: no disk round trip of 4.6 GB of fp32 weights); ``build_sd14_random`` saves them once in diffusers
+format so that ``model=sd14_random`` loads them through ``bench.models.load_pipeline``'s
+``from_pretrained`` path, exactly as ``model=sd14``. ``NARROW`` is the same geometry (64² latents, VAE
+factor 8, 4 UNet levels with cross-attention at 64², 32², 16², 77 text tokens) at a fraction of the
+width, for CPU tests (``build_sd14_narrow_random``).
+
+Random weights make the outputs meaningless, not the cost or the tensor shapes.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -42,13 +47,26 @@ CLIP_L14_TEXT = dict(
 )
 CLIP_B16_VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                        image_size=224, patch_size=16, projection_dim=512, hidden_act="quick_gelu")
+SD14 = {"unet": SD14_UNET, "vae": SD14_VAE, "text_encoder": CLIP_L14_TEXT, "image_encoder": CLIP_B16_VISION}
+# SD v1.4's geometry (UNet levels, layers per block, cross-attention at 64², 32², 16²; 64² latents, VAE ×8,
+# 77 tokens) at a fraction of the width and 2 heads: about a second per UNet call + VAE decode on one CPU
+# core. The attention at 64² (4096 tokens) is the cost that stays.
+NARROW = {
+    "unet": {**SD14_UNET, "block_out_channels": (16, 32, 32, 32), "cross_attention_dim": 64, "attention_head_dim": 2,
+             "norm_num_groups": 8},
+    "vae": {**SD14_VAE, "block_out_channels": (8, 16, 32, 32), "norm_num_groups": 8},
+    "text_encoder": {**CLIP_L14_TEXT, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "projection_dim": 64},
+    "image_encoder": {**CLIP_B16_VISION, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                      "num_attention_heads": 4, "projection_dim": 32},
+}
 # parameter counts of the real SD v1.4 components (diffusers format), for the shape check in the tests
 SD14_PARAMETERS = {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
 MODEL_ID = "sd14_random"
 
 
-def build_modules(device: str | torch.device = "cpu", seed: int = 0) -> dict[str, torch.nn.Module]:
-    """UNet, VAE and text encoder with SD v1.4's shapes (random init, fp32) on ``device``
+def build_modules(device: str | torch.device = "cpu", seed: int = 0, shapes: dict = SD14) -> dict[str, torch.nn.Module]:
+    """UNet, VAE and text encoder with ``shapes`` (default SD v1.4's; random init, fp32) on ``device``
     (``"meta"`` builds them without allocating weights)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -56,29 +74,26 @@ def build_modules(device: str | torch.device = "cpu", seed: int = 0) -> dict[str
     modules = {}
     with torch.device(device):
         torch.manual_seed(seed)
-        modules["unet"] = UNet2DConditionModel(**SD14_UNET)
+        modules["unet"] = UNet2DConditionModel(**shapes["unet"])
         torch.manual_seed(seed)
-        modules["vae"] = AutoencoderKL(**SD14_VAE)
+        modules["vae"] = AutoencoderKL(**shapes["vae"])
         torch.manual_seed(seed)
-        modules["text_encoder"] = CLIPTextModel(CLIPTextConfig(**CLIP_L14_TEXT))
+        modules["text_encoder"] = CLIPTextModel(CLIPTextConfig(**shapes["text_encoder"]))
     return modules
 
 
-def clip_tokenizer():
-    from transformers import CLIPTokenizer
+def build_image_encoder(device: str | torch.device = "cpu", seed: int = 0, shapes: dict = SD14):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from bench.tiny_random import write_clip_tokenizer
-
-    directory = Path(tempfile.mkdtemp(prefix="clip-tokenizer-"))
-    try:
-        return CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory), local_files_only=True)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with torch.device(device):
+        torch.manual_seed(seed)
+        return CLIPVisionModel(CLIPVisionConfig(**shapes["image_encoder"]))
 
 
 def build_sd14_random_pipeline(scheduler_cfg: dict, device: str = "cpu", dtype: str = "float32", seed: int = 0):
-    """An ``EditPipeline`` over the SD-v1.4-shaped random modules."""
+    """An ``EditPipeline`` over the SD-v1.4-shaped random modules, built in memory (``bench perf``)."""
     from bench.models import EditPipeline, build_scheduler, resolve_device, resolve_dtype
+    from bench.tiny_random import clip_tokenizer
 
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     modules = build_modules(torch_device, seed)
@@ -88,14 +103,23 @@ def build_sd14_random_pipeline(scheduler_cfg: dict, device: str = "cpu", dtype: 
         module.eval().requires_grad_(False)
 
     def image_encoder_loader():
-        from transformers import CLIPVisionConfig, CLIPVisionModel
-
-        with torch.device(torch_device):
-            torch.manual_seed(seed)
-            encoder = CLIPVisionModel(CLIPVisionConfig(**CLIP_B16_VISION))
-        return encoder.eval().requires_grad_(False)
+        return build_image_encoder(torch_device, seed).eval().requires_grad_(False)
 
     return EditPipeline(unet=modules["unet"], vae=modules["vae"], text_encoder=modules["text_encoder"],
                         tokenizer=clip_tokenizer(), scheduler=build_scheduler(dict(scheduler_cfg)),
                         device=torch_device, dtype=torch_dtype, model_id=MODEL_ID,
                         weights_fingerprint=f"random-seed{seed}", image_encoder_loader=image_encoder_loader)
+
+
+def build_sd14_random(path: str | Path, seed: int = 0, shapes: dict = SD14) -> Path:
+    """``model.build`` of ``model=sd14_random``: the random modules saved in diffusers format at ``path``
+    (fp32 safetensors, ~4.6 GB with the image encoder; built once, then loaded with ``from_pretrained``)."""
+    from bench.tiny_random import clip_tokenizer, save_pipeline
+
+    parts = build_modules("cpu", seed, shapes)
+    return save_pipeline(path, {**parts, "tokenizer": clip_tokenizer()}, build_image_encoder("cpu", seed, shapes))
+
+
+def build_sd14_narrow_random(path: str | Path, seed: int = 0) -> Path:
+    """``build_sd14_random`` at the ``NARROW`` widths (tests: ``model.build=bench.perf.sd_shaped:build_sd14_narrow_random``)."""
+    return build_sd14_random(path, seed, NARROW)
