@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from bench.config import CONF_DIR, group_options
 from bench.data.item import EditItem
 
-SD_SHAPED = "sd14_random"  # built in code by bench.perf.sd_shaped (no conf/model entry, no weights)
+SD_SHAPED = "sd14_random"  # built in memory by bench.perf.sd_shaped (model=sd14_random saves the same modules to disk)
 STEP_FIELDS = ("num_steps",)
 SOURCE_PROMPT = "a red circle on a blue background"  # toy-world vocabulary, so every model can tokenize it
 TARGET_PROMPT = "a green circle on a blue background"  # same word count: P2P replace mode
