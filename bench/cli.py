@@ -76,7 +76,8 @@ def print_job_end(cfg, summary, single: bool) -> None:
     summary table (a multirun prints the merged table once, at its end: bench/callbacks.py)."""
     results_dir = Path(cfg.paths.results_dir)
     print(f"done: {summary.ok} ok, {summary.skipped} skipped (already done), {summary.failed} failed; "
-          f"{summary.nfe} UNet evaluations in {summary.seconds:.1f} s; results: {results_dir}")
+          f"{summary.nfe} UNet evaluations in {summary.seconds:.1f} s; results: {results_dir}",
+          flush=True)  # a launcher's worker process may be stopped without flushing its buffered stdout
     table = results_dir / "tables" / "summary.md"
     if single and table.is_file():
         print(table.read_text(encoding="utf-8"))

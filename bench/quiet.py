@@ -9,7 +9,10 @@ Known noise (each measured on a toy job, `bench model=toy dataset=toy_shapes met
   if model is being adapted" (the Structure-dist ViT has no head): logger ``timm`` at WARNING;
 - torchvision warns that ``pretrained=`` is deprecated when lpips builds its backbone: two
   UserWarnings filtered by their message;
-- diffusers / transformers draw "Loading pipeline components" / "Loading weights" progress bars.
+- diffusers / transformers draw "Loading pipeline components" / "Loading weights" progress bars;
+- Hydra's launchers log one INFO line per launched job plus the sweep dir ("[HYDRA] Launching jobs ...",
+  "[HYDRA] Joblib.Parallel(...)"): loggers ``hydra`` and ``hydra_plugins`` at WARNING (each job ends with
+  our own "done: ... results: <dir>" line instead).
 
 ``verbose=true`` on the command line (or ``EDITBENCH_VERBOSE=1``) keeps all of it and shows our own
 INFO lines (logger ``bench``), which are hidden otherwise.
@@ -25,7 +28,7 @@ from typing import Iterable
 VERBOSE_ENV = "EDITBENCH_VERBOSE"
 TRUE = {"1", "true", "yes", "on"}
 TORCHVISION_WARNINGS = (r"The parameter 'pretrained' is deprecated", r"Arguments other than a weight enum")
-QUIET_LOGGERS = ("timm",)
+QUIET_LOGGERS = ("timm", "hydra", "hydra_plugins")
 ROOT_LOGGING_PACKAGES = ("open_clip",)  # packages that log INFO through the root logger
 
 

@@ -41,6 +41,10 @@ def test_joblib_multirun_over_methods_and_shards_merges_into_the_sequential_tabl
                       "dataset.num_shards=2", "dataset.shard=0,1", "tables=false",
                       f"paths.results_dir={tmp_path / 'parallel'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     assert parallel.returncode == 0, parallel.stderr[-3000:]
+    # every job's own end line reaches the console (worker stdout is flushed) and Hydra's launcher INFO
+    # lines do not (bench/quiet.py)
+    assert parallel.stdout.count("done: ") == 4, parallel.stdout[-3000:]
+    assert "[HYDRA]" not in parallel.stdout + parallel.stderr
     jobs = sorted((tmp_path / "sweep").glob("*/.hydra/hydra.yaml"))
     assert len(jobs) == 4  # 2 methods × 2 shards
     assert all(yaml.safe_load(job.read_text())["hydra"]["launcher"]["_target_"].endswith("JoblibLauncher")
