@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.base import HyperparameterError, Inversion, ItemBatchedMethod, check_range, target_rows
-from methods.p2p import AttentionController, ItemBatchController, attention_control
+from methods.p2p import AttentionController, attention_control, batch_controller
 from methods.steps import cfg_passes, ef_extract_noise, ef_step, guided_noise, reference_autocast
 
 
@@ -121,7 +121,7 @@ class DDPMNoiseSpaceMethod(ItemBatchedMethod):
         latents = latents.repeat_interleave(rows, dim=0)  # x̃_{T−T_skip} for every branch
         ascending = scheduler.timesteps.flip(0)
         controllers = [self.controller(pipe, item) for item in items]
-        controller = None if controllers[0] is None else ItemBatchController(controllers)
+        controller = None if controllers[0] is None else batch_controller(controllers)
         with attention_control(pipe, controller) if controller is not None else nullcontext():
             for n in range(first, 0, -1):
                 t = ascending[n - 1]

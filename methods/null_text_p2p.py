@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.base import Inversion, ItemBatchedMethod, check_range, target_rows
-from methods.p2p import ItemBatchController, P2PController, P2PEditHparams, attention_control
+from methods.p2p import P2PController, P2PEditHparams, attention_control, batch_controller
 from methods.steps import classifier_free_guidance, ddim_inversion_loop, ddim_sampling_loop, ddim_step
 from methods.timestep_fit import TimestepFit, item_fit_meta, item_rows, optimise_items, per_item_mse
 
@@ -130,8 +130,8 @@ class NullTextP2P(P2PEditHparams, ItemBatchedMethod):
         pipe.scheduler.set_timesteps(self.num_steps)
         cond = pipe.encode_prompts([prompt for item in items for prompt in (item.source_prompt, item.target_prompt)])
         x_T = torch.cat([inversion.tensors["x_T"] for inversion in inversions]).repeat_interleave(2, dim=0)
-        controller = ItemBatchController([self.edit_controller(pipe, inversion, item)
-                                          for inversion, item in zip(inversions, items)])
+        controller = batch_controller([self.edit_controller(pipe, inversion, item)
+                                      for inversion, item in zip(inversions, items)])
         per_item = [self.unconditional_embeddings(pipe, inversion) for inversion in inversions]
         if isinstance(per_item[0], torch.Tensor):  # one ∅ for every step (StyleDiffusion)
             uncond = torch.cat(per_item)

@@ -7,7 +7,8 @@ from typing import Mapping
 
 from methods.base import HyperparameterError, check_range
 from methods.p2p.controller import P2P_MODES, P2PController, build_p2p_controller, step_window
-from methods.p2p.item_batch import ItemBatchController
+from methods.p2p.item_batch import batch_controller
+from methods.p2p.store import AttentionController
 
 
 def _fraction_spec(owner: object, name: str):
@@ -93,6 +94,6 @@ class P2PEditHparams:
             **builder_kwargs,
         )
 
-    def p2p_batch_controller(self, pipe, items, num_steps: int, **builder_kwargs) -> ItemBatchController:
-        """One ``p2p_controller`` per item behind an ``ItemBatchController`` (item-major [source, target] rows)."""
-        return ItemBatchController([self.p2p_controller(pipe, item, num_steps, **builder_kwargs) for item in items])
+    def p2p_batch_controller(self, pipe, items, num_steps: int, **builder_kwargs) -> AttentionController:
+        """One ``p2p_controller`` per item, routed by ``batch_controller`` (item-major [source, target] rows)."""
+        return batch_controller([self.p2p_controller(pipe, item, num_steps, **builder_kwargs) for item in items])

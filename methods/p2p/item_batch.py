@@ -70,3 +70,12 @@ class ItemBatchController(AttentionController):
         self.cur_step += 1
         return torch.cat([controller.step_callback(part)
                           for controller, part in zip(self.controllers, latents.split(self.rows))])
+
+
+def batch_controller(controllers: Sequence[AttentionController]) -> AttentionController:
+    """The controller of a UNet batch of these items: at B = 1 the item's own controller (its rows are the
+    whole batch, so routing would only copy every attention map twice per layer), else an
+    ``ItemBatchController`` over them."""
+    if len(controllers) == 1:
+        return controllers[0]
+    return ItemBatchController(controllers)
