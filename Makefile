@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: help setup run run-tiny test test-slow lint tables report perf toy-weights clean
+.PHONY: help setup run run-tiny test test-slow lint tables report perf perf-batching toy-weights clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -47,7 +47,10 @@ report: setup ## HTML report of a results dir (+ Chromium screenshot if installe
 	$(BENCH) report $(or $(RESULTS),results/toy_default) $(if $(shell command -v chromium chromium-browser google-chrome),--screenshot)
 
 perf: setup ## cost per method, overhead ratio, baselines, grid reuse (on the toy model, CPU)
-	$(BENCH) perf --model toy --threads 1 --out results/perf/toy_cpu_float32 $(ARGS)
+	$(BENCH) perf --model toy --threads 1 --no-throughput --out results/perf/toy_cpu_float32 $(ARGS)
+
+perf-batching: setup ## items/s at B = 1, 4, 16 for every method (toy model, CPU, one thread; ~45 min)
+	$(BENCH) perf --model toy --threads 1 --no-baselines --no-grid --out results/perf/toy_cpu_batching $(ARGS)
 
 toy-weights: setup ## retrain the toy world from its seed (resumable; hours on CPU)
 	$(BENCH) toy train --stage all $(ARGS)
