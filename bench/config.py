@@ -118,3 +118,14 @@ def config_file(group: str, name: str) -> Path:
         if path.is_file():
             return path
     raise ConfigError(f"{group}={name!r}: no {group}/{name}.yaml in {[str(d) for d in config_dirs()]}")
+
+
+def job_choices(cfg: Any) -> dict[str, str]:
+    """The job's config group choices (model, metrics, method_model, ...): from the running Hydra app, else
+    from the composed config."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return dict(HydraConfig.get().runtime.choices)
+    except ValueError:  # composed without a running Hydra app (tests, API use)
+        return dict(OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {})

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bench import quiet
+from bench.config import job_choices
 from bench.edit_job import EditJob
 from bench.job_checks import check_writable
 from bench.job_parts import method_from_config, select_shard
@@ -19,13 +20,7 @@ from bench.preflight import DatasetListing
 
 def method_label(cfg: DictConfig) -> str:
     """The method's config name (a preset like `ddim_ef` is its own label), else the class name."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.choices["method"]
-    except (ValueError, KeyError, AttributeError):  # composed without a running Hydra app (tests, API use)
-        return str(OmegaConf.select(cfg, "hydra.runtime.choices.method", default=None)
-                   or OmegaConf.select(cfg, "method._target_").rsplit(".", 1)[-1].lower())
+    return str(job_choices(cfg).get("method") or OmegaConf.select(cfg, "method._target_").rsplit(".", 1)[-1].lower())
 
 
 def configure_runtime(runtime: DictConfig | dict) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from bench.config import job_choices
 from bench.formatting import format_number
 
 
@@ -32,15 +33,6 @@ def _compose(overrides: list[str]) -> DictConfig:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
-
-
-def job_choices(cfg: DictConfig) -> dict[str, Any]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return dict(HydraConfig.get().runtime.choices)
-    except ValueError:  # composed without a running app (tests, API use)
-        return dict(OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {})
 
 
 def paper_defaults(label: str) -> dict[str, Any] | None:

@@ -20,22 +20,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bench import preflight
-from bench.config import instantiate
+from bench.config import instantiate, job_choices
 from bench.errors import user_errors
 from bench.io import write_json
 from bench.job_summary import JobSummary
 
 log = logging.getLogger(__name__)
-
-
-def job_choices(cfg: DictConfig) -> dict[str, str]:
-    """The job's config group choices (model, metrics, ...): from the running Hydra app, else from the config."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return dict(HydraConfig.get().runtime.choices)
-    except ValueError:  # composed without a running Hydra app (tests, API use)
-        return dict(OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {})
 
 
 # ----------------------------------------------------------------------------------------------
